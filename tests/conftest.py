@@ -68,6 +68,10 @@ class Scrape:
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples.get((name, frozenset(labels.items())))
 
+    def airflow(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Airflow samples only, without the bridge's own health."""
+        return {k: v for k, v in self.samples.items() if not k[0].startswith("airflow_bridge_")}
+
     def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
         return {labels: v for (n, labels), v in self.samples.items() if n == name}
 

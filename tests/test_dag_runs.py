@@ -45,3 +45,130 @@ def test_runs_move_through_states_and_count_once(airflow_db: AirflowDb,
                             state="success", le="600.0") == 1
         assert scrape.value("airflow_dag_run_last_finished_timestamp_seconds", dag_id="etl",
                             state="success") == (T0 + timedelta(minutes=12)).timestamp()
+
+
+def test_runs_finished_between_cycles_count_by_type_and_state(airflow_db: AirflowDb,
+                                                              make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    bridge.cycle()
+    for day in range(3):
+        af.complete_run("etl", logical_date=T0 + timedelta(days=day), duration=100)
+    af.complete_run("etl", logical_date=T0 + timedelta(days=3), state="failed", duration=4000)
+    af.complete_run("etl", logical_date=T0 + timedelta(days=4), run_type="manual",
+                    duration=50)
+    af.complete_run("etl", logical_date=T0 - timedelta(days=30), run_type="backfill",
+                    duration=70)
+    af.complete_run("report", logical_date=T0, duration=10)
+    scrape = bridge.cycle()
+    assert finished(scrape, "etl") == 3
+    assert finished(scrape, "etl", "failed") == 1
+    assert finished(scrape, "etl", run_type="manual") == 1
+    assert finished(scrape, "etl", run_type="backfill") == 1
+    assert finished(scrape, "report") == 1
+    assert len(scrape.series(FINISHED)) == 5
+    assert scrape.value("airflow_dag_run_duration_seconds_count", dag_id="etl",
+                        state="success") == 5
+    assert scrape.value("airflow_dag_run_duration_seconds_sum", dag_id="etl",
+                        state="success") == 420
+    assert scrape.value("airflow_dag_run_duration_seconds_bucket", dag_id="etl",
+                        state="success", le="60.0") == 1
+    assert scrape.value("airflow_dag_run_duration_seconds_bucket", dag_id="etl",
+                        state="success", le="120.0") == 5
+    assert scrape.value("airflow_dag_run_duration_seconds_bucket", dag_id="etl",
+                        state="failed", le="3600.0") == 0
+    assert scrape.value("airflow_dag_run_duration_seconds_bucket", dag_id="etl",
+                        state="failed", le="7200.0") == 1
+    assert scrape.value("airflow_dag_run_duration_seconds_bucket", dag_id="etl",
+                        state="failed", le="+Inf") == 1
+    assert bridge.cycle().airflow() == scrape.airflow()
+
+
+def test_cleared_run_counts_again_and_db_clean_never_decreases(airflow_db: AirflowDb,
+                                                              make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    old = af.complete_run("etl", logical_date=T0, state="failed")
+    af.complete_run("etl", logical_date=T0 + timedelta(days=1))
+    scrape = bridge.cycle()
+    assert finished(scrape, "etl", "failed") == 1
+    assert finished(scrape, "etl") == 1
+
+    af.clear_run(old, T0 + timedelta(days=2))
+    scrape = bridge.cycle()
+    assert scrape.value("airflow_dag_runs", dag_id="etl", state="queued") == 1
+    af.start_run(old, T0 + timedelta(days=2, minutes=1))
+    af.finish_run(old, "success", T0 + timedelta(days=2, minutes=3))
+    scrape = bridge.cycle()
+    assert finished(scrape, "etl", "failed") == 1
+    assert finished(scrape, "etl") == 2
+    assert scrape.value("airflow_dag_runs", dag_id="etl", state="queued") == 0
+
+    assert af.db_clean(T0 + timedelta(days=30)) == 2
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert finished(scrape, "etl", "failed") == 1
+        assert finished(scrape, "etl") == 2
+        assert scrape.value("airflow_dag_run_duration_seconds_count", dag_id="etl",
+                            state="success") == 2
+
+
+def test_restart_keeps_totals_and_counts_what_happened_while_down(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    first = make_bridge(airflow_db.url)
+    af.complete_run("etl", logical_date=T0)
+    running = af.create_run("etl", logical_date=T0 + timedelta(days=1))
+    af.start_run(running, T0 + timedelta(days=1, minutes=1))
+    before = first.cycle()
+    assert finished(before, "etl") == 1
+    first.close()
+
+    af.finish_run(running, "failed", T0 + timedelta(days=1, minutes=9))
+    af.complete_run("etl", logical_date=T0 + timedelta(days=2))
+    second = make_bridge(airflow_db.url)
+    served = second.scrape()
+    assert finished(served, "etl") == 1, "cached totals are served before the first cycle"
+    after = second.cycle()
+    assert finished(after, "etl") == 2
+    assert finished(after, "etl", "failed") == 1
+    assert after.value("airflow_dag_run_duration_seconds_sum", dag_id="etl",
+                       state="failed") == 480
+    assert second.cycle().series(FINISHED) == after.series(FINISHED)
+
+
+def test_id_committed_late_below_high_water_is_still_counted(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory, pg: object) -> None:
+    import psycopg
+
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    bridge.cycle()
+    slow = psycopg.connect(af.conn.info.dsn)  # a second scheduler, in a long transaction
+    late = af.insert_run(slow, "etl", run_type="scheduled", logical_date=T0, state="success",
+                         queued_at=T0, start_date=T0, end_date=T0 + timedelta(minutes=1))
+    early = af.complete_run("etl", logical_date=T0 + timedelta(days=1))
+    assert late < early
+    assert finished(bridge.cycle(), "etl") == 1
+    slow.commit()
+    slow.close()
+    assert finished(bridge.cycle(), "etl") == 2
+    assert finished(bridge.cycle(), "etl") == 2
+
+
+def test_rows_airflow_leaves_incomplete(airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    af.dags_test_run("etl", T0 - timedelta(days=400), T0)
+    no_end = af.complete_run("etl", logical_date=T0 + timedelta(days=1))
+    af.conn.execute("UPDATE dag_run SET end_date = NULL WHERE id = %s", (no_end,))
+    deleted = af.create_run("etl", logical_date=T0 + timedelta(days=2))
+    scrape = bridge.cycle()
+    assert finished(scrape, "etl") == 1
+    assert finished(scrape, "etl", run_type="manual") == 1
+    assert scrape.value("airflow_dag_run_duration_seconds_count", dag_id="etl",
+                        state="success") is None, "no honest duration for either run"
+    af.conn.execute("DELETE FROM dag_run WHERE id = %s", (deleted,))
+    scrape = bridge.cycle()
+    assert scrape.value("airflow_dag_runs", dag_id="etl", state="queued") == 0
+    assert finished(scrape, "etl") == 1
