@@ -205,8 +205,9 @@ class CacheTransaction:
     # -- exactly-once folding -------------------------------------------------------------
     def claim_finished_run(self, row: dict[str, Any]) -> bool:
         """Record a finished run; False when this (run, end) was folded before."""
-        stmt: Insert = self._insert(dag_run_finished).values(**row).on_conflict_do_nothing()
-        return bool(self.conn.execute(stmt).rowcount == 1)
+        stmt: Insert = (self._insert(dag_run_finished).values(**row).on_conflict_do_nothing()
+                        .returning(dag_run_finished.c.dag_run_id))
+        return self.conn.execute(stmt).first() is not None
 
     def add(self, metric: str, labels: Labels, amount: float = 1.0) -> None:
         self._counters[(metric, labels)] += amount

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import psycopg
+import pytest
+
+from bridge import dag_runs
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
-from tests.metadb import T0
+from tests.metadb import T0, AirflowWriter
+from tests.postgres import Postgres
 
 FINISHED = "airflow_dag_run_finished_total"
 
@@ -138,9 +143,7 @@ def test_restart_keeps_totals_and_counts_what_happened_while_down(
 
 
 def test_id_committed_late_below_high_water_is_still_counted(
-        airflow_db: AirflowDb, make_bridge: BridgeFactory, pg: object) -> None:
-    import psycopg
-
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
     af = airflow_db.writer
     bridge = make_bridge(airflow_db.url)
     bridge.cycle()
@@ -172,3 +175,67 @@ def test_rows_airflow_leaves_incomplete(airflow_db: AirflowDb, make_bridge: Brid
     scrape = bridge.cycle()
     assert scrape.value("airflow_dag_runs", dag_id="etl", state="queued") == 0
     assert finished(scrape, "etl") == 1
+
+
+def _history(af: AirflowWriter) -> int:
+    """30 finished runs, one a day going back 30 days, and one still running."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    for age in range(30, 0, -1):
+        af.complete_run("etl", logical_date=now - timedelta(days=age) + timedelta(hours=1))
+    running = af.create_run("etl", logical_date=now - timedelta(hours=1),
+                            at=now - timedelta(minutes=50))
+    af.start_run(running, now - timedelta(minutes=49))
+    return running
+
+
+@pytest.mark.parametrize(("lookback", "expected"), [("7d", 7), ("0", 0), ("all", 30)])
+def test_first_start_backfills_the_lookback_only(airflow_db: AirflowDb,
+                                                 make_bridge: BridgeFactory, lookback: str,
+                                                 expected: int) -> None:
+    af = airflow_db.writer
+    running = _history(af)
+    bridge = make_bridge(airflow_db.url, lookback=lookback)
+    scrape = bridge.cycle()
+    assert (finished(scrape, "etl") or 0) == expected
+    assert scrape.value("airflow_dag_runs", dag_id="etl", state="running") == 1
+    af.finish_run(running, "success", datetime.now(UTC))
+    assert finished(bridge.cycle(), "etl") == expected + 1
+
+
+def test_backfill_larger_than_one_cycle_continues(airflow_db: AirflowDb,
+                                                  make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    for day in range(120):
+        af.complete_run("etl", logical_date=T0 - timedelta(days=day))
+    bridge = make_bridge(airflow_db.url, batch_size="10")
+    counts = [finished(bridge.cycle(), "etl") for _ in range(3)]
+    pages = dag_runs.MAX_PAGES_PER_CYCLE * 10
+    assert counts == [min(pages, 120), min(2 * pages, 120), 120]
+
+
+def test_postgres_cache_gives_the_same_totals(airflow_db: AirflowDb, make_bridge: BridgeFactory,
+                                              pg: Postgres) -> None:
+    cache_db = pg.fresh_name("amb_cache")
+    pg.create_database(cache_db)
+    try:
+        af = airflow_db.writer
+        url = pg.url_for(cache_db).render_as_string(hide_password=False)
+        bridge = make_bridge(airflow_db.url, cache_url=url)
+        run = af.complete_run("etl", logical_date=T0, duration=90)
+        af.complete_run("etl", logical_date=T0 + timedelta(days=1), state="failed")
+        scrape = bridge.cycle()
+        assert finished(scrape, "etl") == 1
+        assert finished(scrape, "etl", "failed") == 1
+        af.clear_run(run, T0 + timedelta(days=2))
+        bridge.cycle()
+        af.start_run(run, T0 + timedelta(days=2, minutes=1))
+        af.finish_run(run, "success", T0 + timedelta(days=2, minutes=2))
+        bridge.close()
+        scrape = make_bridge(airflow_db.url, cache_url=url).cycle()
+        assert finished(scrape, "etl") == 2
+        assert scrape.value("airflow_dag_run_duration_seconds_sum", dag_id="etl",
+                            state="success") == 150
+        assert scrape.value("airflow_dag_run_last_finished_timestamp_seconds", dag_id="etl",
+                            state="success") == (T0 + timedelta(days=2, minutes=2)).timestamp()
+    finally:
+        pg.drop_database(cache_db)
