@@ -107,7 +107,9 @@ def detect_schema(conn: Connection) -> AirflowSchema:
         raise SchemaError("dag_run has neither execution_date nor logical_date: unsupported "
                           "Airflow schema (the bridge reads Airflow 2.7+ and 3.x)")
     history = conn.execute(text("SELECT to_regclass('task_instance_history')")).scalar()
-    version = _known_revisions().get(str(revision), f"{major}.x")
+    # The schema only tells the first release with this migration head, hence the "+".
+    known = _known_revisions().get(str(revision))
+    version = f"{known}+" if known else f"{major}.x"
     return AirflowSchema(
         revision=str(revision),
         airflow_version=version,
