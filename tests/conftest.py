@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -109,12 +110,13 @@ def make_bridge(tmp_path: Path) -> Iterator[BridgeFactory]:
     """Build a bridge on a DB; calling it again with the same cache is a restart."""
     made: list[BridgeUnderTest] = []
 
-    def factory(db_url: Any, cache_url: str | None = None, **overrides: str) -> BridgeUnderTest:
+    def factory(db_url: Any, cache_url: str | None = None, **overrides: Any) -> BridgeUnderTest:
+        """Overrides are top-level config keys, written to a YAML file the bridge reads."""
         env = {"BRIDGE_AIRFLOW_DB_URL": db_url.render_as_string(hide_password=False),
-               "BRIDGE_CACHE_URL": cache_url or f"sqlite:///{tmp_path / 'cache.db'}",
-               "BRIDGE_LOOKBACK": "all"}
-        env.update({f"BRIDGE_{k.upper()}": v for k, v in overrides.items()})
-        settings = config.load(None, env)
+               "BRIDGE_CACHE_URL": cache_url or f"sqlite:///{tmp_path / 'cache.db'}"}
+        config_file = tmp_path / f"bridge-{len(made)}.yaml"
+        config_file.write_text(yaml.safe_dump({"lookback": "all", **overrides}))
+        settings = config.load(config_file, env)
         cache = Cache(settings.cache_url)
         cache.migrate()
         source = Source(settings)

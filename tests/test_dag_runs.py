@@ -203,14 +203,17 @@ def test_first_start_backfills_the_lookback_only(airflow_db: AirflowDb,
 
 
 def test_backfill_larger_than_one_cycle_continues(airflow_db: AirflowDb,
-                                                  make_bridge: BridgeFactory) -> None:
+                                                  make_bridge: BridgeFactory,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dag_runs, "MAX_PAGES_PER_CYCLE", 5)
     af = airflow_db.writer
     for day in range(120):
         af.complete_run("etl", logical_date=T0 - timedelta(days=day))
-    bridge = make_bridge(airflow_db.url, batch_size="10")
+    bridge = make_bridge(airflow_db.url, batch_size=10)
     counts = [finished(bridge.cycle(), "etl") for _ in range(3)]
     pages = dag_runs.MAX_PAGES_PER_CYCLE * 10
-    assert counts == [min(pages, 120), min(2 * pages, 120), 120]
+    assert pages == 50
+    assert counts == [50, 100, 120]
 
 
 def test_postgres_cache_gives_the_same_totals(airflow_db: AirflowDb, make_bridge: BridgeFactory,
