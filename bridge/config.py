@@ -161,11 +161,9 @@ class Settings:
 def redact_url(url: URL | str) -> str:
     """A URL fit for logs: the password (also a `password=` query argument) is hidden."""
     parsed = url if isinstance(url, URL) else make_url(url)
-    if parsed.password is not None:
-        parsed = parsed.set(password=SECRET)
     if "password" in parsed.query:
-        parsed = parsed.update_query_dict({"password": SECRET})
-    return parsed.render_as_string(hide_password=False)
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True).replace("***", SECRET)
 
 
 def load(path: str | os.PathLike[str] | None = None,

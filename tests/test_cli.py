@@ -1,0 +1,175 @@
+"""The commands as a user runs them: check, migrate, refresh --once, serve."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AirflowDb
+from tests.metadb import T0
+from tests.postgres import Postgres
+
+READER_ROLE = "amb_test_reader"
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], env={**clean, **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def _env(db: AirflowDb, tmp_path: Path) -> dict[str, str]:
+    return {"BRIDGE_AIRFLOW_DB_URL": db.url.render_as_string(hide_password=False),
+            "BRIDGE_CACHE_URL": f"sqlite:///{tmp_path / 'cache.db'}", "BRIDGE_LOOKBACK": "all"}
+
+
+def _reader_url(pg: Postgres, db: AirflowDb) -> str:
+    """A role with SELECT on the tables the bridge reads, as deploy/ creates it."""
+    with pg.admin() as conn:
+        conn.execute(f"DO $$ BEGIN CREATE ROLE {READER_ROLE} LOGIN; "
+                     "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    db.writer.conn.execute(f"GRANT SELECT ON dag_run, task_instance, xcom, job, slot_pool, dag, "
+                           f"alembic_version TO {READER_ROLE}")
+    return db.url.set(username=READER_ROLE).render_as_string(hide_password=False)
+
+
+def test_check_passes_with_a_read_only_role(airflow_db: AirflowDb, pg: Postgres,
+                                            tmp_path: Path) -> None:
+    env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": _reader_url(pg, airflow_db)}
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "role is read-only: OK" in result.stdout
+    assert "check: OK" in result.stdout
+
+
+def test_check_rejects_a_write_capable_role(airflow_db: AirflowDb, tmp_path: Path) -> None:
+    result = run_cli("check", env=_env(airflow_db, tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "DANGER: the bridge's role can write to the metadata DB" in result.stdout
+    assert "INSERT, UPDATE, DELETE, TRUNCATE on dag_run" in result.stdout
+    assert "read-only role" in result.stdout
+
+
+def test_check_rejects_a_malformed_config(tmp_path: Path) -> None:
+    config_file = tmp_path / "bridge.yaml"
+    config_file.write_text("airflow:\n  url: postgresql://x@h/db\n  statment_timeout: 5s\n"
+                           "refresh_interval: soon\n")
+    result = run_cli("check", "--config", str(config_file), env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{config_file}: invalid configuration" in result.stderr
+    assert "airflow.statment_timeout: unknown key; known keys here:" in result.stderr
+    assert "statement_timeout" in result.stderr
+    assert "refresh_interval: 'soon' is not a duration; write it as 30s, 5m, 2h or 7d" \
+        in result.stderr
+
+
+def test_unreachable_db_password_never_printed(tmp_path: Path) -> None:
+    env = {"BRIDGE_AIRFLOW_DB_URL": "postgresql://bridge:hunter2@127.0.0.1:1/airflow",
+           "BRIDGE_CACHE_URL": f"sqlite:///{tmp_path / 'cache.db'}"}
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "bridge:<secret>@127.0.0.1:1/airflow NOT reachable" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_migrate_then_refresh_once_prints_valid_metrics(airflow_db: AirflowDb,
+                                                        tmp_path: Path) -> None:
+    env = _env(airflow_db, tmp_path)
+    migrated = run_cli("migrate", env=env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "is at revision 0001" in migrated.stdout
+    airflow_db.writer.complete_run("etl", logical_date=T0)
+    airflow_db.writer.complete_run("etl", logical_date=T0 + timedelta(hours=1), run_type="manual",
+                                   state="failed")
+    result = run_cli("refresh", "--once", "--print", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'airflow_dag_run_finished_total{dag_id="etl",run_type="scheduled",state="success"} ' \
+        '1.0' in result.stdout
+    assert 'airflow_dag_run_finished_total{dag_id="etl",run_type="manual",state="failed"} ' \
+        '1.0' in result.stdout
+    assert "# HELP airflow_dag_runs DAG runs queued or running now. Refreshed every 30s" \
+        in result.stdout
+    _promtool_check_metrics(result.stdout)
+
+
+def _promtool_check_metrics(text: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("BRIDGE_REQUIRE_TOOLS") == "1":
+            pytest.fail("promtool is required (install the prometheus package)")
+        pytest.skip("promtool not installed")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == "" and checked.stderr.strip() == "", \
+        checked.stdout + checked.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
+                                                   tmp_path: Path) -> None:
+    airflow_db.writer.complete_run("etl", logical_date=T0)
+    port = _free_port()
+    env = {**_env(airflow_db, tmp_path), "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve"], env={**clean, **env},
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, _, _ = _get(base + "/-/ready")
+            except OSError:
+                status = 0
+            if status == 200:
+                break
+            assert status in (0, 503), status
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.1)
+        assert _get(base + "/-/healthy")[0] == 200
+        assert "/metrics" in _get(base + "/")[1]
+        status, body, headers = _get(base + "/metrics")
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert 'airflow_dag_run_finished_total{dag_id="etl",run_type="scheduled",' \
+            'state="success"} 1.0' in body
+        assert "airflow_bridge_metadb_up 1.0" in body
+        request = urllib.request.Request(base + "/metrics", headers={
+            "Accept": "application/openmetrics-text; version=1.0.0"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert response.read().decode().endswith("# EOF\n")
+        assert _get(base + "/nope")[0] == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "received SIGTERM, stopping after the current cycle" in output
+    assert "stopped" in output.splitlines()[-1]
+    assert "postgres:" not in output or "<secret>" in output or "@" not in output
