@@ -1,0 +1,86 @@
+"""Configuration: file plus environment, located errors, secrets from files, redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge import config
+
+
+def test_defaults_with_only_the_airflow_url() -> None:
+    settings = config.load(None, {"BRIDGE_AIRFLOW_DB_URL": "postgresql://b@db/airflow"})
+    assert settings.airflow_url is not None
+    assert settings.airflow_url.drivername == "postgresql+psycopg"
+    assert str(settings.cache_url) == "sqlite:///airflow-metrics-bridge.db"
+    assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 9101)
+    assert settings.lookback == 7 * 86400
+    assert settings.refresh_interval == 30
+
+
+def test_environment_wins_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text("listen_address: 127.0.0.1:9200\nlookback: 2d\n"
+                    "airflow:\n  url: postgresql://file@db/airflow\n")
+    settings = config.load(path, {"BRIDGE_LISTEN_ADDRESS": "0.0.0.0:9101",
+                                  "BRIDGE_LOOKBACK": "all", "BRIDGE_CONFIG": "/nonexistent"})
+    assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 9101)
+    assert settings.lookback is None
+    assert settings.airflow_url is not None and settings.airflow_url.username == "file"
+
+
+def test_config_file_from_environment_and_secret_files(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("postgresql://bridge:s3cret@db:5432/airflow\n")
+    path = tmp_path / "bridge.yaml"
+    path.write_text(f"cache:\n  url_file: {secret}\n")
+    settings = config.load(None, {"BRIDGE_CONFIG": str(path),
+                                  "BRIDGE_AIRFLOW_DB_URL_FILE": str(secret)})
+    assert settings.airflow_url is not None and settings.airflow_url.password == "s3cret"
+    assert settings.cache_url.password == "s3cret"
+    shown = str(settings.redacted())
+    assert "s3cret" not in shown
+    assert "bridge:<secret>@db:5432/airflow" in shown
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("lookbak: 7d\n", "lookbak: unknown key; known keys here: airflow, batch_size"),
+    ("airflow:\n  pool: 3\n", "airflow.pool: unknown key; known keys here: application_name"),
+    ("refresh_interval: soon\n", "refresh_interval: 'soon' is not a duration"),
+    ("listen_address: localhost\n", "listen_address: 'localhost' is not host:port"),
+    ("airflow:\n  url: mysql://x@h/db\n", "airflow.url: the 'mysql' metadata database is not "
+                                          "supported yet"),
+    ("cache:\n  url: redis://h\n", "cache.url: the cache lives in SQLite"),
+    ("histograms:\n  dag_run_duration_seconds: [60, 30]\n", "increasing order"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, {})
+    assert str(path) in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="nope.yaml: cannot read the config file"):
+        config.load(tmp_path / "nope.yaml", {})
+    with pytest.raises(config.ConfigError, match="BRIDGE_AIRFLOW_DB_URL_FILE: cannot read "
+                                                 "secret file"):
+        config.load(None, {"BRIDGE_AIRFLOW_DB_URL_FILE": str(tmp_path / "none")})
+
+
+def test_no_airflow_url_says_how_to_set_one() -> None:
+    settings = config.load(None, {})
+    with pytest.raises(config.ConfigError, match="set BRIDGE_AIRFLOW_DB_URL"):
+        settings.require_airflow_url()
+
+
+def test_durations() -> None:
+    assert [config.parse_duration(v) for v in (90, "90s", "5m", "2h", "7d", "1w", "250ms")] == \
+        [90, 90, 300, 7200, 604800, 604800, 0.25]
+    assert config.parse_lookback("all") is None
+    assert config.parse_lookback("0") == 0
