@@ -193,7 +193,8 @@ class CacheTransaction:
             self.conn.execute(tracked_dag_run.insert(), rows)
 
     def id_gaps(self) -> dict[int, datetime]:
-        rows = self.conn.execute(select(dag_run_id_gap.c.dag_run_id, dag_run_id_gap.c.missing_since))
+        gap = dag_run_id_gap.c
+        rows = self.conn.execute(select(gap.dag_run_id, gap.missing_since))
         return {int(run_id): since for run_id, since in rows}
 
     def replace_id_gaps(self, gaps: dict[int, datetime]) -> None:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import __version__, config
@@ -82,10 +82,8 @@ def _wire(settings: config.Settings) -> tuple[Cache, Source, SnapshotCollector, 
 def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
     log.info("airflow-metrics-bridge %s, config: %s", __version__, settings.redacted())
     cache, source, collector, refresher = _wire(settings)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
     server = HttpServer(settings.listen_host, settings.listen_port,
-                        make_app(registry, refresher.ready.is_set, __version__))
+                        make_app(collector, refresher.ready.is_set, __version__))
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -112,9 +110,7 @@ def cmd_refresh(args: argparse.Namespace, settings: config.Settings) -> int:
     try:
         ok = refresher.refresh()
         if args.print_metrics:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(collector)
-            sys.stdout.write(generate_latest(registry).decode())
+            sys.stdout.write(collector.rendered("text", generate_latest).decode())
     finally:
         source.dispose()
         cache.dispose()

@@ -7,8 +7,9 @@ database and costs O(series).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -66,7 +67,8 @@ def _values(spec: MetricSpec, labels: Labels) -> list[str]:
 
 def build_families(snapshot: Snapshot, interval: float) -> list[Metric]:
     """Turn a snapshot into families, one per catalog entry, in catalog order."""
-    families: dict[str, Metric] = {spec.name: _family(spec, interval) for spec in CATALOG}
+    # Any: the three family classes take different add_metric arguments.
+    families: dict[str, Any] = {spec.name: _family(spec, interval) for spec in CATALOG}
     agg = snapshot.aggregates
     for name, series in agg.counters.items():
         spec = BY_NAME.get(name)
@@ -110,19 +112,45 @@ def _le(bound: float) -> str:
 
 
 class SnapshotCollector(Collector):
-    """Serves the families of the latest published snapshot."""
+    """Serves the families of the latest published snapshot.
+
+    The rendered exposition of a snapshot is kept per format, so repeated scrapes
+    between two refreshes cost a dictionary lookup.
+    """
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._lock = threading.Lock()
         self._families: tuple[Metric, ...] = ()
+        self._rendered: dict[str, bytes] = {}
 
     def publish(self, snapshot: Snapshot) -> None:
         families = tuple(build_families(snapshot, self.interval))
         with self._lock:
             self._families = families
+            self._rendered = {}
+
+    def rendered(self, key: str, render: Callable[[Collector], bytes]) -> bytes:
+        """The snapshot rendered by `render`, computed once per snapshot and `key`."""
+        with self._lock:
+            cached = self._rendered.get(key)
+            families = self._families
+            cache = self._rendered
+        if cached is None:
+            cached = render(_Frozen(families))
+            with self._lock:
+                cache[key] = cached
+        return cached
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             families: Iterable[Metric] = self._families
         yield from families
+
+
+class _Frozen(Collector):
+    def __init__(self, families: tuple[Metric, ...]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families

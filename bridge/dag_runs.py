@@ -44,6 +44,7 @@ class DagRunCycle:
     folded: int
     rows_read: int
     high_water_id: int
+    caught_up: bool  # False while a backfill still has pages to read
 
 
 def run_duration(run: DagRun) -> float | None:
@@ -77,6 +78,7 @@ class DagRunJob:
         active = {run.id: run for run in reader.active_runs()}
         seen: set[int] = set()
         folded = 0
+        caught_up = False
 
         # 2. new runs by id, page by page; a long backfill continues next cycle.
         for _ in range(MAX_PAGES_PER_CYCLE):
@@ -84,7 +86,8 @@ class DagRunJob:
             previous = high_water
             for run in page:
                 if run.id - previous > 1 and run.id > gap_floor:
-                    for missing in range(max(previous, gap_floor, run.id - MAX_GAPS - 1) + 1, run.id):
+                    lowest = max(previous, gap_floor, run.id - MAX_GAPS - 1) + 1
+                    for missing in range(lowest, run.id):
                         gaps.setdefault(missing, now)
                 previous = run.id
                 seen.add(run.id)
@@ -92,6 +95,7 @@ class DagRunJob:
             if page:
                 high_water = page[-1].id
             if len(page) < self.settings.batch_size:
+                caught_up = True
                 break
 
         # ... and ids that were skipped earlier but have committed since.
@@ -113,7 +117,7 @@ class DagRunJob:
         tx.replace_id_gaps(gaps)
         tx.set_state(STATE_HIGH_WATER, str(high_water))
         counts = Counter((run.dag_id, str(run.state)) for run in active.values())
-        return DagRunCycle(dict(counts), folded, reader.rows_read, high_water)
+        return DagRunCycle(dict(counts), folded, reader.rows_read, high_water, caught_up)
 
     def _high_water(self, reader: Reader, tx: CacheTransaction, now: datetime) -> int:
         stored = tx.get_state(STATE_HIGH_WATER)

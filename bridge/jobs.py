@@ -23,7 +23,7 @@ from bridge import __version__
 from bridge.cache import Aggregates, Cache, now_utc
 from bridge.collector import EMPTY, Health, Snapshot, SnapshotCollector
 from bridge.config import Settings
-from bridge.dag_runs import DURATION, DagRunJob
+from bridge.dag_runs import DURATION, DagRunCycle, DagRunJob
 from bridge.source import SchemaError, Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class Refresher:
         self.collector = collector
         self.clock = clock
         self.job = DagRunJob(settings)
+        self.last_cycle: DagRunCycle | None = None
         self.failures = 0
         self.ready = threading.Event()
         self._lock = threading.Lock()
@@ -82,6 +83,7 @@ class Refresher:
             self._durations[job] = elapsed
             self._last_success[job] = time.time()
             self._active = cycle.active
+            self.last_cycle = cycle
             self._publish(metadb_up=True)
             self.ready.set()
             log.debug("refresh %s: %d runs folded, %d rows read, %.3fs", job, cycle.folded,
@@ -89,7 +91,9 @@ class Refresher:
             return True
 
     def next_delay(self) -> float:
-        """The normal interval, or exponential backoff after consecutive failures."""
+        """The normal interval, soon while a backfill continues, or exponential backoff."""
+        if self.last_cycle is not None and not self.last_cycle.caught_up and not self.failures:
+            return 1.0
         if not self.failures:
             return self.settings.refresh_interval
         backoff = self.settings.refresh_interval * 2 ** min(self.failures - 1, 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -9,7 +10,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import choose_encoder
+
+from bridge.collector import SnapshotCollector
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -24,14 +27,26 @@ LANDING = """<!doctype html>
 """
 
 
-def make_app(registry: CollectorRegistry, ready: Callable[[], bool],
+def make_app(collector: SnapshotCollector, ready: Callable[[], bool],
              version: str) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
-    metrics_app = make_wsgi_app(registry)
+
+    def metrics(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        headers = [("Content-Type", content_type)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = collector.rendered(content_type + ";gzip",
+                                      lambda c: gzip.compress(encoder(c), compresslevel=1))
+            headers.append(("Content-Encoding", "gzip"))
+        else:
+            body = collector.rendered(content_type, encoder)
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            return metrics(environ, start_response)
         if path == "/-/healthy":
             return _text(start_response, "200 OK", "OK\n")
         if path == "/-/ready":
@@ -55,7 +70,7 @@ def _text(start_response: StartResponse, status: str, body: str,
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not news."""
 
 
@@ -70,7 +85,7 @@ class HttpServer:
                  app: Callable[[Environ, StartResponse], Iterable[bytes]]) -> None:
         family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
         server_class = type("BridgeServer", (_ThreadingServer,), {"address_family": family})
-        self.httpd = make_server(host, port, app, server_class, _QuietHandler)
+        self.httpd: WSGIServer = make_server(host, port, app, server_class, _QuietHandler)
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http",
                                         daemon=True)

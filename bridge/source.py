@@ -164,7 +164,7 @@ class Reader:
         return rows
 
     def _runs(self, sql: str, params: dict[str, Any] | None = None) -> list[DagRun]:
-        return [DagRun(*row) for row in self.execute(sql, params)]
+        return [DagRun(**row._mapping) for row in self.execute(sql, params)]
 
     def active_runs(self) -> list[DagRun]:
         # Literal states so the planner can match the partial indexes
@@ -197,7 +197,7 @@ class Reader:
         """
         low = int(self.execute("SELECT coalesce(min(id), 1) FROM dag_run")[0][0])
         high = self.max_run_id() + 1
-        probe = ("SELECT id, coalesce(queued_at, start_date, end_date) FROM dag_run "
+        probe = ("SELECT id, coalesce(queued_at, start_date, end_date) AS created FROM dag_run "
                  "WHERE id >= :id ORDER BY id LIMIT 1")
         while low < high:
             middle = (low + high) // 2
@@ -205,7 +205,7 @@ class Reader:
             if not rows:
                 high = middle
                 continue
-            found_id, created = rows[0]
+            found_id, created = rows[0].id, rows[0].created
             if created is not None and created >= since:
                 high = middle
             else:

@@ -97,3 +97,23 @@ class AirflowWriter:
         return self.insert_run(self.conn, dag_id, run_type="manual", logical_date=logical_date,
                                state="success", queued_at=None, start_date=logical_date,
                                end_date=end)
+
+
+def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
+                 active: int = 50) -> None:
+    """A large dag_run table, written set-based, so the planner has a real choice."""
+    date_column = af.date_column
+    extra_cols, extra_vals = ("run_after, ", "t, ") if af.v3 else ("", "")
+    af.conn.execute(f"""
+        INSERT INTO dag_run (dag_id, run_id, run_type, state, {date_column}, {extra_cols}
+                             queued_at, start_date, end_date)
+        SELECT 'dag_' || d, 'scheduled__' || n, 'scheduled',
+               CASE WHEN n % 10 = 0 THEN 'failed' ELSE 'success' END, t, {extra_vals}
+               t + interval '1 minute', t + interval '2 minutes', t + interval '9 minutes'
+        FROM generate_series(1, {dags}) AS d, generate_series(1, {runs_per_dag}) AS n,
+             LATERAL (SELECT timestamptz '2020-01-01' + n * interval '1 hour' AS t) AS ts
+    """)
+    af.conn.execute(f"""
+        UPDATE dag_run SET state = 'running', end_date = NULL
+        WHERE id IN (SELECT id FROM dag_run ORDER BY id DESC LIMIT {active})""")
+    af.conn.execute("ANALYZE dag_run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import signal
@@ -156,7 +157,7 @@ def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
         assert "/metrics" in _get(base + "/")[1]
         status, body, headers = _get(base + "/metrics")
         assert status == 200
-        assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert headers["Content-Type"].startswith("text/plain; version=")
         assert 'airflow_dag_run_finished_total{dag_id="etl",run_type="scheduled",' \
             'state="success"} 1.0' in body
         assert "airflow_bridge_metadb_up 1.0" in body
@@ -165,6 +166,10 @@ def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.headers["Content-Type"].startswith("application/openmetrics-text")
             assert response.read().decode().endswith("# EOF\n")
+        zipped = urllib.request.Request(base + "/metrics", headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(zipped, timeout=5) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(response.read()).decode() == body
         assert _get(base + "/nope")[0] == 404
     finally:
         proc.send_signal(signal.SIGTERM)

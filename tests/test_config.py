@@ -66,7 +66,7 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: st
 
 
 def test_missing_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(config.ConfigError, match="nope.yaml: cannot read the config file"):
+    with pytest.raises(config.ConfigError, match=r"nope\.yaml: cannot read the config file"):
         config.load(tmp_path / "nope.yaml", {})
     with pytest.raises(config.ConfigError, match="BRIDGE_AIRFLOW_DB_URL_FILE: cannot read "
                                                  "secret file"):

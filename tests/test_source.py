@@ -13,6 +13,7 @@ from bridge.cache import Cache, now_utc
 from bridge.dag_runs import DagRunJob
 from bridge.source import Reader, Source, SourceError, detect_schema, write_privileges
 from tests.conftest import AirflowDb
+from tests.metadb import fill_history
 from tests.postgres import Postgres
 
 BIG_TABLES = {"dag_run", "task_instance", "task_instance_history", "xcom"}
@@ -72,25 +73,6 @@ def test_superuser_role_is_reported_as_write_capable(airflow_db: AirflowDb) -> N
     assert any(p.startswith("INSERT, UPDATE, DELETE, TRUNCATE on dag_run") for p in problems)
 
 
-def _fill(db: AirflowDb, runs_per_dag: int = 2000, dags: int = 100) -> None:
-    """A large dag_run table, written set-based, so the planner has a real choice."""
-    date_column = db.writer.date_column
-    extra_cols, extra_vals = ("run_after, ", "t, ") if db.writer.v3 else ("", "")
-    db.writer.conn.execute(f"""
-        INSERT INTO dag_run (dag_id, run_id, run_type, state, {date_column}, {extra_cols}
-                             queued_at, start_date, end_date)
-        SELECT 'dag_' || d, 'scheduled__' || n, 'scheduled',
-               CASE WHEN n % 10 = 0 THEN 'failed' ELSE 'success' END, t, {extra_vals}
-               t + interval '1 minute', t + interval '2 minutes', t + interval '9 minutes'
-        FROM generate_series(1, {dags}) AS d, generate_series(1, {runs_per_dag}) AS n,
-             LATERAL (SELECT timestamptz '2020-01-01' + n * interval '1 hour' AS t) AS ts
-    """)
-    db.writer.conn.execute(f"""
-        UPDATE dag_run SET state = 'running', end_date = NULL
-        WHERE id IN (SELECT id FROM dag_run ORDER BY id DESC LIMIT 50)""")
-    db.writer.conn.execute("ANALYZE dag_run")
-
-
 def _seq_scans(plan: dict[str, Any]) -> list[str]:
     found = []
     if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in BIG_TABLES:
@@ -103,7 +85,7 @@ def _seq_scans(plan: dict[str, Any]) -> list[str]:
 def test_every_statement_of_a_cycle_uses_indexes(airflow_db: AirflowDb,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Any) -> None:
-    _fill(airflow_db)
+    fill_history(airflow_db.writer)
     settings = _settings(airflow_db, BRIDGE_LOOKBACK="7d",
                          BRIDGE_CACHE_URL=f"sqlite:///{tmp_path / 'c.db'}")
     source, cache = Source(settings), Cache(settings.cache_url)
