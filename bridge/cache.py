@@ -27,7 +27,6 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
-    Insert,
     MetaData,
     String,
     Table,
@@ -44,6 +43,7 @@ from sqlalchemy.engine import URL, make_url
 log = logging.getLogger(__name__)
 
 Labels = tuple[tuple[str, str], ...]
+CLAIM_CHUNK = 500
 
 metadata = MetaData()
 
@@ -204,11 +204,27 @@ class CacheTransaction:
                 {"dag_run_id": i, "missing_since": since} for i, since in gaps.items()])
 
     # -- exactly-once folding -------------------------------------------------------------
-    def claim_finished_run(self, row: dict[str, Any]) -> bool:
-        """Record a finished run; False when this (run, end) was folded before."""
-        stmt: Insert = (self._insert(dag_run_finished).values(**row).on_conflict_do_nothing()
-                        .returning(dag_run_finished.c.dag_run_id))
-        return self.conn.execute(stmt).first() is not None
+    def claim_finished_runs(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record finished runs; returns those not folded before (by run id and end key).
+
+        A plain INSERT follows the lookup, so if another bridge sharing this cache folds
+        the same run meanwhile, the primary key rejects this whole cycle rather than
+        letting both count it.
+        """
+        fresh: dict[tuple[int, str], dict[str, Any]] = {}
+        for start in range(0, len(rows), CLAIM_CHUNK):
+            chunk = rows[start:start + CLAIM_CHUNK]
+            table = dag_run_finished.c
+            done = {(int(run_id), str(end_key)) for run_id, end_key in self.conn.execute(
+                select(table.dag_run_id, table.end_key)
+                .where(table.dag_run_id.in_({row["dag_run_id"] for row in chunk})))}
+            for row in chunk:
+                key = (row["dag_run_id"], row["end_key"])
+                if key not in done:
+                    fresh.setdefault(key, row)
+        if fresh:
+            self.conn.execute(dag_run_finished.insert(), list(fresh.values()))
+        return list(fresh.values())
 
     def add(self, metric: str, labels: Labels, amount: float = 1.0) -> None:
         self._counters[(metric, labels)] += amount

@@ -91,7 +91,7 @@ class DagRunJob:
                         gaps.setdefault(missing, now)
                 previous = run.id
                 seen.add(run.id)
-                folded += self._fold_if_finished(tx, run, now)
+            folded += self._fold(tx, page, now)
             if page:
                 high_water = page[-1].id
             if len(page) < self.settings.batch_size:
@@ -99,10 +99,11 @@ class DagRunJob:
                 break
 
         # ... and ids that were skipped earlier but have committed since.
-        for run in reader.runs_by_id(sorted(gaps)):
+        appeared = reader.runs_by_id(sorted(gaps))
+        for run in appeared:
             gaps.pop(run.id, None)
             seen.add(run.id)
-            folded += self._fold_if_finished(tx, run, now)
+        folded += self._fold(tx, appeared, now)
         grace = timedelta(seconds=self.settings.id_gap_grace)
         gaps = {i: since for i, since in gaps.items() if now - since < grace}
         if len(gaps) > MAX_GAPS:
@@ -110,8 +111,7 @@ class DagRunJob:
 
         # 3. runs we knew as active that left the active set.
         left = [i for i in tracked if i not in active and i not in seen]
-        for run in reader.runs_by_id(left):
-            folded += self._fold_if_finished(tx, run, now)
+        folded += self._fold(tx, reader.runs_by_id(left), now)
 
         tx.replace_tracked_runs((r.id, r.dag_id, r.run_id, str(r.state)) for r in active.values())
         tx.replace_id_gaps(gaps)
@@ -136,36 +136,37 @@ class DagRunJob:
                  start, newest, "all" if lookback is None else f"{lookback:.0f}s")
         return start
 
-    def _fold_if_finished(self, tx: CacheTransaction, run: DagRun, now: datetime) -> int:
-        if not run.finished:
-            return 0
+    def _fold(self, tx: CacheTransaction, runs: list[DagRun], now: datetime) -> int:
+        """Fold the finished runs among `runs`; those folded before are skipped."""
+        rows = [self._row(run, now) for run in runs if run.finished]
+        claimed = tx.claim_finished_runs(rows)
+        for row in claimed:
+            by_state: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]))
+            tx.add(FINISHED_TOTAL, (*by_state, ("run_type", row["run_type"])))
+            if row["duration_seconds"] is not None:
+                tx.observe(DURATION, by_state, row["duration_seconds"], self.buckets)
+            if row["end_date"] is not None:
+                tx.gauge_max(LAST_FINISHED, by_state,
+                             _aware(row["end_date"]).timestamp())
+        return len(claimed)
+
+    @staticmethod
+    def _row(run: DagRun, now: datetime) -> dict[str, Any]:
         end = utc_naive(run.end_date)
-        duration = run_duration(run)
-        row: dict[str, Any] = {
+        return {
             "dag_run_id": run.id,
             "end_key": end.isoformat() if end else "none",
             "dag_id": run.dag_id,
             "run_id": run.run_id,
             "run_type": run.run_type or "unknown",
-            "state": run.state,
+            "state": str(run.state),
             "logical_date": utc_naive(run.logical_date),
             "queued_at": utc_naive(run.queued_at),
             "start_date": utc_naive(run.start_date),
             "end_date": end,
-            "duration_seconds": duration,
+            "duration_seconds": run_duration(run),
             "folded_at": now,
         }
-        if not tx.claim_finished_run(row):
-            return 0
-        state = str(run.state)
-        by_state: Labels = (("dag_id", run.dag_id), ("state", state))
-        tx.add(FINISHED_TOTAL, (*by_state, ("run_type", row["run_type"])))
-        if duration is not None:
-            tx.observe(DURATION, by_state, duration, self.buckets)
-        if run.end_date is not None:
-            tx.gauge_max(LAST_FINISHED, by_state, run.end_date.timestamp())
-        return 1
-
 
 def _aware(naive_utc: datetime) -> datetime:
     return naive_utc.replace(tzinfo=UTC)
