@@ -27,6 +27,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Integer,
     MetaData,
     String,
     Table,
@@ -77,6 +78,31 @@ dag_run_finished = Table(
     Column("start_date", DateTime),
     Column("end_date", DateTime),
     Column("duration_seconds", Float),
+    Column("folded_at", DateTime, nullable=False),
+)
+task_instance_finished = Table(
+    "task_instance_finished", metadata,
+    Column("dag_run_id", BigInteger, primary_key=True),
+    Column("task_id", String(250), primary_key=True),
+    Column("map_index", Integer, primary_key=True),
+    Column("try_number", Integer, primary_key=True),
+    Column("end_key", String(40), primary_key=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("start_date", DateTime),
+    Column("end_date", DateTime),
+    Column("duration_seconds", Float),
+    Column("queued_seconds", Float),
+    Column("folded_at", DateTime, nullable=False),
+)
+task_instance_retry = Table(
+    "task_instance_retry", metadata,
+    Column("dag_run_id", BigInteger, primary_key=True),
+    Column("task_id", String(250), primary_key=True),
+    Column("map_index", Integer, primary_key=True),
+    Column("try_number", Integer, primary_key=True),
+    Column("dag_id", String(250), nullable=False),
     Column("folded_at", DateTime, nullable=False),
 )
 metric_counter = Table(
@@ -204,26 +230,27 @@ class CacheTransaction:
                 {"dag_run_id": i, "missing_since": since} for i, since in gaps.items()])
 
     # -- exactly-once folding -------------------------------------------------------------
-    def claim_finished_runs(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Record finished runs; returns those not folded before (by run id and end key).
+    def claim(self, table: Table, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record rows keyed by the table's primary key; returns those not recorded before.
 
-        A plain INSERT follows the lookup, so if another bridge sharing this cache folds
-        the same run meanwhile, the primary key rejects this whole cycle rather than
-        letting both count it.
+        This is the exactly-once step of every fold. A plain INSERT follows the lookup, so
+        if another bridge sharing this cache records the same key meanwhile, the primary
+        key rejects this whole cycle rather than letting both count it.
         """
-        fresh: dict[tuple[int, str], dict[str, Any]] = {}
+        keys = [column.name for column in table.primary_key.columns]
+        first = table.c[keys[0]]
+        fresh: dict[tuple[Any, ...], dict[str, Any]] = {}
         for start in range(0, len(rows), CLAIM_CHUNK):
             chunk = rows[start:start + CLAIM_CHUNK]
-            table = dag_run_finished.c
-            done = {(int(run_id), str(end_key)) for run_id, end_key in self.conn.execute(
-                select(table.dag_run_id, table.end_key)
-                .where(table.dag_run_id.in_({row["dag_run_id"] for row in chunk})))}
+            done = {tuple(row) for row in self.conn.execute(
+                select(*(table.c[k] for k in keys))
+                .where(first.in_({row[keys[0]] for row in chunk})))}
             for row in chunk:
-                key = (row["dag_run_id"], row["end_key"])
+                key = tuple(row[k] for k in keys)
                 if key not in done:
                     fresh.setdefault(key, row)
         if fresh:
-            self.conn.execute(dag_run_finished.insert(), list(fresh.values()))
+            self.conn.execute(table.insert(), list(fresh.values()))
         return list(fresh.values())
 
     def add(self, metric: str, labels: Labels, amount: float = 1.0) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import __version__, config
 from bridge.cache import Cache
-from bridge.collector import SnapshotCollector
+from bridge.collector import SnapshotCollector, View
 from bridge.jobs import Refresher, Schedule
 from bridge.server import HttpServer, make_app
 from bridge.source import SchemaError, Source, SourceError, detect_schema, write_privileges
@@ -73,7 +73,7 @@ def _wire(settings: config.Settings) -> tuple[Cache, Source, SnapshotCollector, 
     cache = Cache(settings.cache_url)
     cache.migrate()
     source = Source(settings)
-    collector = SnapshotCollector(settings.refresh_interval)
+    collector = SnapshotCollector(View.of(settings))
     refresher = Refresher(settings, source, cache, collector)
     refresher.load_cached()
     return cache, source, collector, refresher

@@ -1,14 +1,18 @@
 """/metrics from memory: metric families are built once per refresh and served as they are.
 
-A scrape only hands over the families of the latest snapshot; it never touches a
-database and costs O(series).
+A scrape only hands over the rendered text of the latest snapshot; it never touches a
+database. Cardinality controls (DAG include/exclude patterns, no task_id label, a cap on
+series) apply here, when a snapshot is built, so the cache always keeps everything.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 from prometheus_client.core import (
@@ -19,10 +23,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from bridge.cache import Aggregates, Labels
-from bridge.metrics import BY_NAME, CATALOG, MetricSpec
+from bridge.cache import Aggregates, HistogramValue, Labels
+from bridge.config import Settings
+from bridge.metrics import CATALOG, MetricSpec
+from bridge.source import CurrentState
 
 ACTIVE_RUN_STATES = ("queued", "running")
+TASK_STATES = ("scheduled", "queued", "running", "deferred", "up_for_retry", "up_for_reschedule")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,16 @@ class Health:
     refreshes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     durations: Mapping[str, float] = field(default_factory=dict)
     last_success: Mapping[str, float] = field(default_factory=dict)
+    series_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class Live:
+    """Gauges of now from the latest successful cycle; replaced, never accumulated."""
+
+    active_runs: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    task_instances: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    state: CurrentState | None = None
 
 
 @dataclass(frozen=True)
@@ -42,69 +59,155 @@ class Snapshot:
     """The last good data plus current health: everything a scrape will see."""
 
     aggregates: Aggregates
-    active_runs: Mapping[tuple[str, str], int]
+    live: Live
     health: Health
 
 
+@dataclass(frozen=True)
+class View:
+    """How a snapshot is shown: refresh cadence for HELP, and the cardinality controls."""
+
+    interval: float
+    include_dags: tuple[str, ...] = ("*",)
+    exclude_dags: tuple[str, ...] = ()
+    task_id_label: bool = True
+    max_series: int = 20_000
+
+    @classmethod
+    def of(cls, settings: Settings) -> View:
+        return cls(settings.refresh_interval, settings.include_dags, settings.exclude_dags,
+                   settings.task_id_label, settings.max_series)
+
+    def shows_dag(self, dag_id: str) -> bool:
+        return any(fnmatchcase(dag_id, p) for p in self.include_dags) and \
+            not any(fnmatchcase(dag_id, p) for p in self.exclude_dags)
+
+
 EMPTY = Aggregates({}, {}, {})
+Series = dict[Labels, Any]  # labels -> float, or HistogramValue for histograms
 
 
-def _help(spec: MetricSpec, interval: float) -> str:
-    return f"{spec.help} Refreshed every {interval:g}s by airflow-metrics-bridge."
+class _Builder:
+    def __init__(self, view: View, reserve: int = 0) -> None:
+        self.view = view
+        self.room = view.max_series - reserve
+        self.dropped = 0
+        self.families: list[Metric] = []
+
+    def add(self, spec: MetricSpec, series: Series) -> None:
+        label_names = spec.labels
+        if "dag_id" in label_names:
+            series = {k: v for k, v in series.items() if self.view.shows_dag(dict(k)["dag_id"])}
+        if "task_id" in label_names and not self.view.task_id_label:
+            label_names = tuple(n for n in label_names if n != "task_id")
+            series = _without_task_id(series)
+        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                 "histogram": HistogramMetricFamily}
+        help_text = f"{spec.help} Refreshed every {self.view.interval:g}s by " \
+                    "airflow-metrics-bridge."
+        family: Any = kinds[spec.kind](spec.name, help_text, labels=label_names)
+        for labels, value in sorted(series.items()):
+            if self.room <= 0:
+                self.dropped += 1
+                continue
+            self.room -= 1
+            given = dict(labels)
+            values = [given.get(name, "") for name in label_names]
+            if isinstance(value, HistogramValue):
+                family.add_metric(values, [(_le(le), n) for le, n in value.buckets], value.sum)
+            else:
+                family.add_metric(values, value)
+        self.families.append(family)
 
 
-def _family(spec: MetricSpec, interval: float) -> Metric:
-    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
-             "histogram": HistogramMetricFamily}
-    family: Metric = kinds[spec.kind](spec.name, _help(spec, interval), labels=spec.labels)
-    return family
+def _without_task_id(series: Series) -> Series:
+    merged: Series = {}
+    for labels, value in series.items():
+        key = tuple(pair for pair in labels if pair[0] != "task_id")
+        merged[key] = _merge(merged.get(key), value)
+    return merged
 
 
-def _values(spec: MetricSpec, labels: Labels) -> list[str]:
-    given = dict(labels)
-    return [given.get(name, "") for name in spec.labels]
+def _merge(left: Any, right: Any) -> Any:
+    if left is None:
+        return right
+    if isinstance(right, HistogramValue):
+        counts: dict[float, float] = defaultdict(float)
+        for le, n in (*left.buckets, *right.buckets):
+            counts[le] += n
+        return HistogramValue(tuple(sorted(counts.items())), left.sum + right.sum,
+                              left.count + right.count)
+    return left + right
 
 
-def build_families(snapshot: Snapshot, interval: float) -> list[Metric]:
-    """Turn a snapshot into families, one per catalog entry, in catalog order."""
-    # Any: the three family classes take different add_metric arguments.
-    families: dict[str, Any] = {spec.name: _family(spec, interval) for spec in CATALOG}
+def _stamp(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _live_series(snapshot: Snapshot) -> dict[str, Series]:
+    """Gauges of now, with explicit zeros for every DAG the bridge knows."""
+    agg, live = snapshot.aggregates, snapshot.live
+    dags = {dict(labels).get("dag_id", "") for series in agg.counters.values()
+            for labels in series} - {""}
+    dags |= {dag for dag, _ in live.active_runs} | {dag for dag, _ in live.task_instances}
+    out: dict[str, Series] = {
+        "airflow_dag_runs": {(("dag_id", d), ("state", s)): live.active_runs.get((d, s), 0)
+                             for d in dags for s in ACTIVE_RUN_STATES},
+        "airflow_task_instances": {(("dag_id", d), ("state", s)):
+                                   live.task_instances.get((d, s), 0)
+                                   for d in dags for s in TASK_STATES},
+    }
+    state = live.state
+    if state is not None:
+        pools: Series = {}
+        for pool, (slots, deferred_takes_slot) in state.pools.items():
+            used = {s: state.pool_usage.get((pool, s), 0) for s in ("running", "queued",
+                                                                   "deferred")}
+            occupied = used["running"] + used["queued"] + \
+                (used["deferred"] if deferred_takes_slot else 0)
+            values = {**used, "total": slots,
+                      "open": -1 if slots < 0 else max(slots - occupied, 0)}
+            for name, value in values.items():
+                pools[(("pool", pool), ("state", name))] = value
+        out["airflow_pool_slots"] = pools
+        out["airflow_job_last_heartbeat_timestamp_seconds"] = {
+            (("job_type", job),): _stamp(beat) for job, beat in state.heartbeats.items()}
+        out["airflow_dag_paused"] = {(("dag_id", d),): float(p) for d, p in state.paused.items()}
+        out["airflow_dag_import_errors"] = {(): state.import_errors}
+    return out
+
+
+def _health_series(health: Health, dropped_now: int) -> dict[str, Series]:
+    return {
+        "airflow_bridge_metadb_up": {(): 1.0 if health.metadb_up else 0.0},
+        "airflow_bridge_refresh_total": {
+            (("outcome", o), ("refresh_job", j)): n for (j, o), n in health.refreshes.items()},
+        "airflow_bridge_refresh_duration_seconds": {
+            (("refresh_job", j),): s for j, s in health.durations.items()},
+        "airflow_bridge_refresh_last_success_timestamp_seconds": {
+            (("refresh_job", j),): s for j, s in health.last_success.items()},
+        "airflow_bridge_series_dropped_total": {(): health.series_dropped + dropped_now},
+        "airflow_bridge_build_info": {
+            (("airflow_version", health.airflow_version), ("version", health.version)): 1.0},
+    }
+
+
+def build_families(snapshot: Snapshot, view: View) -> tuple[list[Metric], int]:
+    """Families in catalog order (bridge health first), and how many series the cap left out."""
     agg = snapshot.aggregates
-    for name, series in agg.counters.items():
-        spec = BY_NAME.get(name)
-        if spec is not None:
-            for labels, value in sorted(series.items()):
-                families[name].add_metric(_values(spec, labels), value)
-    for name, series in agg.gauges.items():
-        spec = BY_NAME.get(name)
-        if spec is not None:
-            for labels, value in sorted(series.items()):
-                families[name].add_metric(_values(spec, labels), value)
-    for name, hists in agg.histograms.items():
-        spec = BY_NAME.get(name)
-        if spec is not None:
-            for labels, hist in sorted(hists.items()):
-                buckets = [(_le(le), count) for le, count in hist.buckets]
-                families[name].add_metric(_values(spec, labels), buckets, hist.sum)
-
-    known_dags = {v for series in agg.counters.get("airflow_dag_run_finished_total", {})
-                  for k, v in series if k == "dag_id"}
-    known_dags |= {dag_id for dag_id, _ in snapshot.active_runs}
-    for dag_id in sorted(known_dags):
-        for state in ACTIVE_RUN_STATES:
-            families["airflow_dag_runs"].add_metric(
-                [dag_id, state], snapshot.active_runs.get((dag_id, state), 0))
-
-    health = snapshot.health
-    families["airflow_bridge_metadb_up"].add_metric([], 1.0 if health.metadb_up else 0.0)
-    for (job, outcome), count in sorted(health.refreshes.items()):
-        families["airflow_bridge_refresh_total"].add_metric([job, outcome], count)
-    for job, seconds in sorted(health.durations.items()):
-        families["airflow_bridge_refresh_duration_seconds"].add_metric([job], seconds)
-    for job, stamp in sorted(health.last_success.items()):
-        families["airflow_bridge_refresh_last_success_timestamp_seconds"].add_metric([job], stamp)
-    families["airflow_bridge_build_info"].add_metric([health.version, health.airflow_version], 1)
-    return list(families.values())
+    sources: dict[str, Series] = {**agg.counters, **agg.gauges, **agg.histograms,
+                                  **_live_series(snapshot)}
+    bridge_specs = [spec for spec in CATALOG if spec.name.startswith("airflow_bridge_")]
+    airflow = _Builder(view, reserve=sum(len(s) for s in _health_series(
+        snapshot.health, 0).values()))
+    for spec in CATALOG:
+        if spec not in bridge_specs:
+            airflow.add(spec, sources.get(spec.name, {}))
+    own = _Builder(view)
+    health = _health_series(snapshot.health, airflow.dropped)
+    for spec in bridge_specs:
+        own.add(spec, health[spec.name])
+    return own.families + airflow.families, airflow.dropped
 
 
 def _le(bound: float) -> str:
@@ -118,17 +221,19 @@ class SnapshotCollector(Collector):
     between two refreshes cost a dictionary lookup.
     """
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
+    def __init__(self, view: View) -> None:
+        self.view = view
         self._lock = threading.Lock()
         self._families: tuple[Metric, ...] = ()
         self._rendered: dict[str, bytes] = {}
 
-    def publish(self, snapshot: Snapshot) -> None:
-        families = tuple(build_families(snapshot, self.interval))
+    def publish(self, snapshot: Snapshot) -> int:
+        """Make `snapshot` what scrapes see; returns the number of series left out."""
+        families, dropped = build_families(snapshot, self.view)
         with self._lock:
-            self._families = families
+            self._families = tuple(families)
             self._rendered = {}
+        return dropped
 
     def rendered(self, key: str, render: Callable[[Collector], bytes]) -> bytes:
         """The snapshot rendered by `render`, computed once per snapshot and `key`."""

@@ -23,6 +23,9 @@ DEFAULT_LISTEN = "127.0.0.1:9101"
 DEFAULT_DAG_RUN_BUCKETS = (
     30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
 )
+DEFAULT_DELAY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+DEFAULT_TASK_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+                        21600.0)
 SECRET = "<secret>"
 
 ENV_CONFIG = "BRIDGE_CONFIG"
@@ -92,6 +95,14 @@ class CacheModel(_Model):
 
 class HistogramsModel(_Model):
     dag_run_duration_seconds: tuple[float, ...] = DEFAULT_DAG_RUN_BUCKETS
+    dag_run_start_delay_seconds: tuple[float, ...] = DEFAULT_DELAY_BUCKETS
+    task_instance_duration_seconds: tuple[float, ...] = DEFAULT_TASK_BUCKETS
+    task_instance_queued_seconds: tuple[float, ...] = DEFAULT_DELAY_BUCKETS
+
+
+class DagsModel(_Model):
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
 
 
 class ConfigModel(_Model):
@@ -104,6 +115,9 @@ class ConfigModel(_Model):
     id_gap_grace: Duration = 600.0
     batch_size: int = Field(default=5000, ge=10, le=100_000)
     histograms: HistogramsModel = HistogramsModel()
+    dags: DagsModel = DagsModel()
+    task_id_label: bool = True
+    max_series: int = Field(default=20_000, ge=100)
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,13 @@ class Settings:
     id_gap_grace: float
     batch_size: int
     dag_run_duration_buckets: tuple[float, ...]
+    start_delay_buckets: tuple[float, ...]
+    task_duration_buckets: tuple[float, ...]
+    task_queued_buckets: tuple[float, ...]
+    include_dags: tuple[str, ...]
+    exclude_dags: tuple[str, ...]
+    task_id_label: bool
+    max_series: int
 
     def require_airflow_url(self) -> URL:
         if self.airflow_url is None:
@@ -154,7 +175,15 @@ class Settings:
             "lookback": "all" if self.lookback is None else self.lookback,
             "id_gap_grace": self.id_gap_grace,
             "batch_size": self.batch_size,
-            "histograms": {"dag_run_duration_seconds": list(self.dag_run_duration_buckets)},
+            "histograms": {
+                "dag_run_duration_seconds": list(self.dag_run_duration_buckets),
+                "dag_run_start_delay_seconds": list(self.start_delay_buckets),
+                "task_instance_duration_seconds": list(self.task_duration_buckets),
+                "task_instance_queued_seconds": list(self.task_queued_buckets),
+            },
+            "dags": {"include": list(self.include_dags), "exclude": list(self.exclude_dags)},
+            "task_id_label": self.task_id_label,
+            "max_series": self.max_series,
         }
 
 
@@ -269,10 +298,11 @@ def _settings(model: ConfigModel, source: str) -> Settings:
     airflow_url = _source_url(model.airflow.url, source) if model.airflow.url else None
     cache_url = _cache_url(model.cache.url or DEFAULT_CACHE_URL, source)
     host, port = _listen(model.listen_address, source)
-    buckets = model.histograms.dag_run_duration_seconds
-    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
-        raise ConfigError(f"{source}: histograms.dag_run_duration_seconds: give positive bucket "
-                          "bounds in increasing order, without duplicates")
+    for name, buckets in model.histograms:
+        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+            raise ConfigError(f"{source}: histograms.{name}: give positive bucket bounds in "
+                              "increasing order, without duplicates")
+    histograms = model.histograms
     if model.refresh_interval < 1:
         raise ConfigError(f"{source}: refresh_interval: must be at least 1s")
     return Settings(
@@ -291,7 +321,14 @@ def _settings(model: ConfigModel, source: str) -> Settings:
         lookback=model.lookback,
         id_gap_grace=model.id_gap_grace,
         batch_size=model.batch_size,
-        dag_run_duration_buckets=tuple(buckets),
+        dag_run_duration_buckets=histograms.dag_run_duration_seconds,
+        start_delay_buckets=histograms.dag_run_start_delay_seconds,
+        task_duration_buckets=histograms.task_instance_duration_seconds,
+        task_queued_buckets=histograms.task_instance_queued_seconds,
+        include_dags=model.dags.include,
+        exclude_dags=model.dags.exclude,
+        task_id_label=model.task_id_label,
+        max_series=model.max_series,
     )
 
 

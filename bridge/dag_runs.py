@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bridge.cache import CacheTransaction, Labels, utc_naive
+from bridge.cache import CacheTransaction, Labels, dag_run_finished, utc_naive
 from bridge.config import Settings
 from bridge.source import DagRun, Reader
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FINISHED_TOTAL = "airflow_dag_run_finished_total"
 DURATION = "airflow_dag_run_duration_seconds"
 LAST_FINISHED = "airflow_dag_run_last_finished_timestamp_seconds"
+START_DELAY = "airflow_dag_run_start_delay_seconds"
 
 STATE_HIGH_WATER = "dag_run.high_water_id"
 STATE_GAP_FLOOR = "dag_run.gap_floor_id"
@@ -40,11 +41,20 @@ MAX_PAGES_PER_CYCLE = 20
 class DagRunCycle:
     """What one cycle saw, for the live gauges and the logs."""
 
-    active: dict[tuple[str, str], int]  # (dag_id, state) -> runs now
-    folded: int
+    active_runs: tuple[DagRun, ...]
+    finished_runs: tuple[DagRun, ...]  # folded in this cycle, each for the first time
     rows_read: int
     high_water_id: int
     caught_up: bool  # False while a backfill still has pages to read
+
+    @property
+    def active(self) -> dict[tuple[str, str], int]:
+        """(dag_id, state) -> runs queued or running now."""
+        return dict(Counter((run.dag_id, str(run.state)) for run in self.active_runs))
+
+    @property
+    def folded(self) -> int:
+        return len(self.finished_runs)
 
 
 def run_duration(run: DagRun) -> float | None:
@@ -63,12 +73,26 @@ def run_duration(run: DagRun) -> float | None:
     return (end - start).total_seconds()
 
 
+def start_delay(run: DagRun) -> float | None:
+    """Seconds from when the run was due to when it started.
+
+    A scheduled run is due at the end of its data interval (Airflow 3: `run_after`);
+    other runs are due when they were queued.
+    """
+    due = run.run_after or (run.data_interval_end if run.run_type == "scheduled" else None)
+    due = due or run.queued_at
+    if due is None or run.start_date is None or run.start_date < due:
+        return None
+    return (run.start_date - due).total_seconds()
+
+
 class DagRunJob:
     name = "dag_runs"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.buckets = settings.dag_run_duration_buckets
+        self.delay_buckets = settings.start_delay_buckets
 
     def run(self, reader: Reader, tx: CacheTransaction, now: datetime) -> DagRunCycle:
         high_water = self._high_water(reader, tx, now)
@@ -77,7 +101,7 @@ class DagRunJob:
         gaps = tx.id_gaps()
         active = {run.id: run for run in reader.active_runs()}
         seen: set[int] = set()
-        folded = 0
+        finished: list[DagRun] = []
         caught_up = False
 
         # 2. new runs by id, page by page; a long backfill continues next cycle.
@@ -91,7 +115,7 @@ class DagRunJob:
                         gaps.setdefault(missing, now)
                 previous = run.id
                 seen.add(run.id)
-            folded += self._fold(tx, page, now)
+            finished += self._fold(tx, page, now)
             if page:
                 high_water = page[-1].id
             if len(page) < self.settings.batch_size:
@@ -103,7 +127,7 @@ class DagRunJob:
         for run in appeared:
             gaps.pop(run.id, None)
             seen.add(run.id)
-        folded += self._fold(tx, appeared, now)
+        finished += self._fold(tx, appeared, now)
         grace = timedelta(seconds=self.settings.id_gap_grace)
         gaps = {i: since for i, since in gaps.items() if now - since < grace}
         if len(gaps) > MAX_GAPS:
@@ -111,13 +135,13 @@ class DagRunJob:
 
         # 3. runs we knew as active that left the active set.
         left = [i for i in tracked if i not in active and i not in seen]
-        folded += self._fold(tx, reader.runs_by_id(left), now)
+        finished += self._fold(tx, reader.runs_by_id(left), now)
 
         tx.replace_tracked_runs((r.id, r.dag_id, r.run_id, str(r.state)) for r in active.values())
         tx.replace_id_gaps(gaps)
         tx.set_state(STATE_HIGH_WATER, str(high_water))
-        counts = Counter((run.dag_id, str(run.state)) for run in active.values())
-        return DagRunCycle(dict(counts), folded, reader.rows_read, high_water, caught_up)
+        return DagRunCycle(tuple(active.values()), tuple(finished), reader.rows_read, high_water,
+                           caught_up)
 
     def _high_water(self, reader: Reader, tx: CacheTransaction, now: datetime) -> int:
         stored = tx.get_state(STATE_HIGH_WATER)
@@ -136,10 +160,10 @@ class DagRunJob:
                  start, newest, "all" if lookback is None else f"{lookback:.0f}s")
         return start
 
-    def _fold(self, tx: CacheTransaction, runs: list[DagRun], now: datetime) -> int:
+    def _fold(self, tx: CacheTransaction, runs: list[DagRun], now: datetime) -> list[DagRun]:
         """Fold the finished runs among `runs`; those folded before are skipped."""
-        rows = [self._row(run, now) for run in runs if run.finished]
-        claimed = tx.claim_finished_runs(rows)
+        by_id = {run.id: run for run in runs if run.finished}
+        claimed = tx.claim(dag_run_finished, [self._row(run, now) for run in by_id.values()])
         for row in claimed:
             by_state: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]))
             tx.add(FINISHED_TOTAL, (*by_state, ("run_type", row["run_type"])))
@@ -148,7 +172,10 @@ class DagRunJob:
             if row["end_date"] is not None:
                 tx.gauge_max(LAST_FINISHED, by_state,
                              _aware(row["end_date"]).timestamp())
-        return len(claimed)
+            delay = start_delay(by_id[row["dag_run_id"]])
+            if delay is not None:
+                tx.observe(START_DELAY, (("dag_id", row["dag_id"]),), delay, self.delay_buckets)
+        return [by_id[row["dag_run_id"]] for row in claimed]
 
     @staticmethod
     def _row(run: DagRun, now: datetime) -> dict[str, Any]:

@@ -19,14 +19,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import __version__
+from bridge import __version__, dag_runs, task_instances
 from bridge.cache import Aggregates, Cache, now_utc
-from bridge.collector import EMPTY, Health, Snapshot, SnapshotCollector
+from bridge.collector import EMPTY, Health, Live, Snapshot, SnapshotCollector
 from bridge.config import Settings
-from bridge.dag_runs import DURATION, DagRunCycle, DagRunJob
+from bridge.dag_runs import DagRunCycle, DagRunJob
 from bridge.source import SchemaError, Source, SourceError
+from bridge.task_instances import TaskInstanceJob
 
 log = logging.getLogger(__name__)
+
+JOB = "metadb"  # the refresh_job label: one cycle reads the metadata DB
 
 
 class Refresher:
@@ -39,7 +42,8 @@ class Refresher:
         self.cache = cache
         self.collector = collector
         self.clock = clock
-        self.job = DagRunJob(settings)
+        self.dag_runs = DagRunJob(settings)
+        self.task_instances = TaskInstanceJob(settings)
         self.last_cycle: DagRunCycle | None = None
         self.failures = 0
         self.ready = threading.Event()
@@ -48,7 +52,8 @@ class Refresher:
         self._durations: dict[str, float] = {}
         self._last_success: dict[str, float] = {}
         self._aggregates: Aggregates = EMPTY
-        self._active: dict[tuple[str, str], int] = {}
+        self._live = Live()
+        self._dropped = 0
         self._health = Health(version=__version__)
 
     def load_cached(self) -> None:
@@ -59,11 +64,15 @@ class Refresher:
     def refresh(self) -> bool:
         """One cycle. True when it succeeded; errors are logged, never raised."""
         with self._lock:
-            job = self.job.name
+            job = JOB
             started = time.perf_counter()
             try:
                 with self.source.reading() as reader, self.cache.transaction() as tx:
-                    cycle = self.job.run(reader, tx, self.clock())
+                    now = self.clock()
+                    cycle = self.dag_runs.run(reader, tx, now)
+                    tasks = self.task_instances.run(reader, tx, cycle, now)
+                    state = reader.current_state()
+                    rows_read = reader.rows_read
                 self._aggregates = self.cache.aggregates(self._bounds())
             except (SourceError, SchemaError, SQLAlchemyError, OSError) as exc:
                 source_down = isinstance(exc, SourceError | SchemaError)
@@ -82,12 +91,13 @@ class Refresher:
             self._refreshes[(job, "success")] += 1
             self._durations[job] = elapsed
             self._last_success[job] = time.time()
-            self._active = cycle.active
+            self._live = Live(cycle.active, tasks.current, state)
             self.last_cycle = cycle
             self._publish(metadb_up=True)
             self.ready.set()
-            log.debug("refresh %s: %d runs folded, %d rows read, %.3fs", job, cycle.folded,
-                      cycle.rows_read, elapsed)
+            log.debug("refresh: %d runs and %d task tries folded, %d retries, %d rows read, "
+                      "%.3fs", cycle.folded, len(tasks.finished), tasks.retries, rows_read,
+                      elapsed)
             return True
 
     def next_delay(self) -> float:
@@ -100,7 +110,11 @@ class Refresher:
         return float(min(backoff, self.settings.max_backoff))
 
     def _bounds(self) -> dict[str, tuple[float, ...]]:
-        return {DURATION: self.settings.dag_run_duration_buckets}
+        settings = self.settings
+        return {dag_runs.DURATION: settings.dag_run_duration_buckets,
+                dag_runs.START_DELAY: settings.start_delay_buckets,
+                task_instances.DURATION: settings.task_duration_buckets,
+                task_instances.QUEUED: settings.task_queued_buckets}
 
     def _publish(self, metadb_up: bool) -> None:
         airflow_version = self._health.airflow_version
@@ -109,8 +123,12 @@ class Refresher:
         self._health = replace(
             self._health, airflow_version=airflow_version, metadb_up=metadb_up,
             refreshes=dict(self._refreshes), durations=dict(self._durations),
-            last_success=dict(self._last_success))
-        self.collector.publish(Snapshot(self._aggregates, dict(self._active), self._health))
+            last_success=dict(self._last_success), series_dropped=self._dropped)
+        dropped = self.collector.publish(Snapshot(self._aggregates, self._live, self._health))
+        if dropped:
+            self._dropped += dropped
+            log.warning("max_series (%d) reached: %d series left out of /metrics",
+                        self.settings.max_series, dropped)
 
 
 class Schedule:

@@ -57,6 +57,8 @@ class DagRun:
     queued_at: datetime | None
     start_date: datetime | None
     end_date: datetime | None
+    data_interval_end: datetime | None = None
+    run_after: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -65,6 +67,46 @@ class DagRun:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_RUN_STATES
+
+
+@dataclass(frozen=True)
+class TaskInstance:
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+    state: str | None
+    try_number: int
+    start_date: datetime | None
+    end_date: datetime | None
+    duration: float | None
+    queued_dttm: datetime | None
+
+
+@dataclass(frozen=True)
+class FailedTry:
+    """A try archived in task_instance_history after it failed and was tried again."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+    try_number: int
+
+
+@dataclass(frozen=True)
+class CurrentState:
+    """Small tables read whole each cycle: pools, heartbeats, DAG flags, import errors."""
+
+    pools: dict[str, tuple[int, bool]]  # pool -> (slots, deferred tasks take slots)
+    pool_usage: dict[tuple[str, str], int]  # (pool, running|queued|deferred) -> slots
+    heartbeats: dict[str, datetime]  # job_type -> latest heartbeat
+    paused: dict[str, bool]
+    import_errors: int
+
+
+CHUNK = 1000
+HEARTBEAT_JOB_TYPES = ("SchedulerJob", "TriggererJob", "DagProcessorJob")
 
 
 def _known_revisions() -> dict[str, str]:
@@ -149,9 +191,11 @@ class Reader:
         self.conn = conn
         self.schema = schema
         self.rows_read = 0
+        run_after = "run_after" if schema.major >= 3 else "NULL"
         self._columns = (
             "id, dag_id, run_id, state, run_type, "
-            f"{schema.logical_date_column} AS logical_date, queued_at, start_date, end_date"
+            f"{schema.logical_date_column} AS logical_date, queued_at, start_date, end_date, "
+            f"data_interval_end, {run_after} AS run_after"
         )
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row[Any]]:
@@ -185,6 +229,58 @@ class Reader:
             return []
         return self._runs(f"SELECT {self._columns} FROM dag_run WHERE id = ANY(:ids)",
                           {"ids": list(ids)})
+
+    def task_instances(self, runs: Sequence[tuple[str, str]]) -> list[TaskInstance]:
+        """Task instances of the given (dag_id, run_id) runs, through the ti_dag_run index."""
+        found: list[TaskInstance] = []
+        for start in range(0, len(runs), CHUNK):
+            chunk = runs[start:start + CHUNK]
+            rows = self.execute(
+                "SELECT ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.state, "
+                "coalesce(ti.try_number, 0) AS try_number, ti.start_date, ti.end_date, "
+                "ti.duration, ti.queued_dttm FROM task_instance ti "
+                "JOIN unnest(CAST(:dags AS varchar[]), CAST(:runs AS varchar[])) "
+                "AS k(dag_id, run_id) ON ti.dag_id = k.dag_id AND ti.run_id = k.run_id",
+                {"dags": [d for d, _ in chunk], "runs": [r for _, r in chunk]})
+            found += [TaskInstance(**row._mapping) for row in rows]
+        return found
+
+    def failed_tries(self, keys: Sequence[tuple[str, str, str, int]]) -> list[FailedTry]:
+        """Archived failed tries of the given task instances (dag, task, run, map index)."""
+        found: list[FailedTry] = []
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start:start + CHUNK]
+            rows = self.execute(
+                "SELECT h.dag_id, h.task_id, h.run_id, h.map_index, h.try_number "
+                "FROM task_instance_history h "
+                "JOIN unnest(CAST(:dags AS varchar[]), CAST(:tasks AS varchar[]), "
+                "CAST(:runs AS varchar[]), CAST(:maps AS integer[])) "
+                "AS k(dag_id, task_id, run_id, map_index) ON h.dag_id = k.dag_id "
+                "AND h.task_id = k.task_id AND h.run_id = k.run_id AND h.map_index = k.map_index "
+                "WHERE h.state IN ('failed', 'up_for_retry')",
+                {"dags": [k[0] for k in chunk], "tasks": [k[1] for k in chunk],
+                 "runs": [k[2] for k in chunk], "maps": [k[3] for k in chunk]})
+            found += [FailedTry(**row._mapping) for row in rows]
+        return found
+
+    def current_state(self) -> CurrentState:
+        pools = {str(r.pool): (int(r.slots), bool(r.include_deferred)) for r in self.execute(
+            "SELECT pool, slots, include_deferred FROM slot_pool")}
+        usage = {(str(r.pool), str(r.state)): int(r.slots) for r in self.execute(
+            "SELECT pool, state, sum(pool_slots) AS slots FROM task_instance "
+            "WHERE state IN ('running', 'queued', 'deferred') GROUP BY pool, state")}
+        heartbeats: dict[str, datetime] = {}
+        for job_type in HEARTBEAT_JOB_TYPES:
+            # One backward probe of the (job_type, latest_heartbeat) index per type.
+            rows = self.execute("SELECT max(latest_heartbeat) AS beat FROM job "
+                                f"WHERE job_type = '{job_type}'")
+            if rows and rows[0].beat is not None:
+                heartbeats[job_type] = rows[0].beat
+        alive = "NOT is_stale" if self.schema.major >= 3 else "is_active"
+        paused = {str(r.dag_id): bool(r.is_paused) for r in self.execute(
+            f"SELECT dag_id, coalesce(is_paused, false) AS is_paused FROM dag WHERE {alive}")}
+        errors = int(self.execute("SELECT count(*) AS n FROM import_error")[0].n)
+        return CurrentState(pools, usage, heartbeats, paused, errors)
 
     def max_run_id(self) -> int:
         return int(self.execute("SELECT coalesce(max(id), 0) FROM dag_run")[0][0])

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from bridge import config
 from bridge.cache import Cache
-from bridge.collector import SnapshotCollector
+from bridge.collector import SnapshotCollector, View
 from bridge.jobs import Refresher
 from bridge.server import make_app
 from bridge.source import Source
@@ -69,7 +69,7 @@ def main() -> None:
             cache = Cache(settings.cache_url)
             cache.migrate()
             source = Source(settings)
-            collector = SnapshotCollector(settings.refresh_interval)
+            collector = SnapshotCollector(View.of(settings))
             refresher = Refresher(settings, source, cache, collector)
             backfill_ms, _ = _timed(refresher.refresh, 1)
             while refresher.last_cycle is None or not refresher.last_cycle.caught_up:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import config
 from bridge.cache import Cache
-from bridge.collector import SnapshotCollector
+from bridge.collector import SnapshotCollector, View
 from bridge.jobs import Refresher
 from bridge.source import Source
 from tests import postgres
@@ -120,7 +120,7 @@ def make_bridge(tmp_path: Path) -> Iterator[BridgeFactory]:
         cache = Cache(settings.cache_url)
         cache.migrate()
         source = Source(settings)
-        collector = SnapshotCollector(settings.refresh_interval)
+        collector = SnapshotCollector(View.of(settings))
         refresher = Refresher(settings, source, cache, collector)
         refresher.load_cached()
         bridge = BridgeUnderTest(settings, refresher, collector, source, cache)

@@ -16,7 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 
+from bridge.cache import migrations_path
 from tests.conftest import AirflowDb
 from tests.metadb import T0
 from tests.postgres import Postgres
@@ -89,7 +91,8 @@ def test_migrate_then_refresh_once_prints_valid_metrics(airflow_db: AirflowDb,
     env = _env(airflow_db, tmp_path)
     migrated = run_cli("migrate", env=env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
-    assert "is at revision 0001" in migrated.stdout
+    head = ScriptDirectory(str(migrations_path())).get_current_head()
+    assert f"is at revision {head}" in migrated.stdout
     airflow_db.writer.complete_run("etl", logical_date=T0)
     airflow_db.writer.complete_run("etl", logical_date=T0 + timedelta(hours=1), run_type="manual",
                                    state="failed")

@@ -62,7 +62,7 @@ def test_outage_keeps_last_values_and_recovers_by_itself(
         down = bridge.scrape()
         assert down.value("airflow_dag_run_finished_total", dag_id="etl", state="success",
                           run_type="scheduled") == 1, "last good values are still served"
-        _wait(lambda: (bridge.scrape().value("airflow_bridge_refresh_total", refresh_job="dag_runs",
+        _wait(lambda: (bridge.scrape().value("airflow_bridge_refresh_total", refresh_job="metadb",
                                              outcome="error") or 0) >= 2)
         assert bridge.refresher.next_delay() == 2.0, "backoff, capped at max_backoff"
 
@@ -89,6 +89,6 @@ def test_backoff_doubles_up_to_the_cap(make_bridge: BridgeFactory,
     assert delays == [5.0, 10.0, 20.0, 30.0, 30.0]
     scrape = bridge.scrape()
     assert scrape.value("airflow_bridge_metadb_up") == 0
-    assert scrape.value("airflow_bridge_refresh_total", refresh_job="dag_runs",
+    assert scrape.value("airflow_bridge_refresh_total", refresh_job="metadb",
                         outcome="error") == 5
     assert not bridge.refresher.ready.is_set()

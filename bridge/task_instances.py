@@ -1,0 +1,135 @@
+"""Task-instance metrics: counted as each task finishes, even while its DAG run goes on.
+
+A task instance can only change while its DAG run is active (clearing a task puts its
+run back to queued), so each cycle reads the task instances of the runs that are active
+now and of the runs that finished in this cycle, by the (dag_id, run_id) index. Every
+terminal try is folded once, keyed on (run, task, map index, try, end date); failed tries
+that were retried come from task_instance_history, or, on schemas without it, from
+task instances seen in `up_for_retry`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bridge.cache import (
+    CacheTransaction,
+    Labels,
+    task_instance_finished,
+    task_instance_retry,
+    utc_naive,
+)
+from bridge.config import Settings
+from bridge.dag_runs import DagRunCycle
+from bridge.source import DagRun, Reader, TaskInstance
+
+FINISHED_TOTAL = "airflow_task_instance_finished_total"
+RETRIES_TOTAL = "airflow_task_instance_retries_total"
+DURATION = "airflow_task_instance_duration_seconds"
+QUEUED = "airflow_task_instance_queued_seconds"
+
+TERMINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
+CURRENT_STATES = ("scheduled", "queued", "running", "deferred", "up_for_retry",
+                  "up_for_reschedule")
+
+
+@dataclass(frozen=True)
+class TaskInstanceCycle:
+    current: dict[tuple[str, str], int]  # (dag_id, state) -> task instances now
+    finished: tuple[TaskInstance, ...]  # folded in this cycle
+    retries: int
+
+
+def task_duration(ti: TaskInstance) -> float | None:
+    if ti.start_date is not None and ti.end_date is not None and ti.end_date >= ti.start_date:
+        return (ti.end_date - ti.start_date).total_seconds()
+    if ti.duration is not None and ti.duration >= 0:
+        return float(ti.duration)
+    return None
+
+
+def queued_seconds(ti: TaskInstance) -> float | None:
+    if ti.queued_dttm is None or ti.start_date is None or ti.start_date < ti.queued_dttm:
+        return None
+    return (ti.start_date - ti.queued_dttm).total_seconds()
+
+
+class TaskInstanceJob:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunCycle,
+            now: datetime) -> TaskInstanceCycle:
+        by_key: dict[tuple[str, str], DagRun] = {
+            (run.dag_id, run.run_id): run for run in (*runs.finished_runs, *runs.active_runs)}
+        instances = reader.task_instances(sorted(by_key))
+        current = Counter((ti.dag_id, str(ti.state)) for ti in instances
+                          if ti.state in CURRENT_STATES)
+        finished = self._fold_finished(tx, instances, by_key, now)
+        retries = self._fold_retries(reader, tx, instances, by_key, now)
+        return TaskInstanceCycle(dict(current), tuple(finished), retries)
+
+    def _fold_finished(self, tx: CacheTransaction, instances: list[TaskInstance],
+                       runs: dict[tuple[str, str], DagRun], now: datetime) -> list[TaskInstance]:
+        rows: list[dict[str, Any]] = []
+        by_row: dict[tuple[Any, ...], TaskInstance] = {}
+        for ti in instances:
+            if ti.state not in TERMINAL_STATES:
+                continue
+            end = utc_naive(ti.end_date)
+            row: dict[str, Any] = {
+                "dag_run_id": runs[(ti.dag_id, ti.run_id)].id,
+                "task_id": ti.task_id,
+                "map_index": ti.map_index,
+                "try_number": ti.try_number,
+                "end_key": end.isoformat() if end else "none",
+                "dag_id": ti.dag_id,
+                "run_id": ti.run_id,
+                "state": ti.state,
+                "start_date": utc_naive(ti.start_date),
+                "end_date": end,
+                "duration_seconds": task_duration(ti),
+                "queued_seconds": queued_seconds(ti),
+                "folded_at": now,
+            }
+            rows.append(row)
+            by_row[_key(row)] = ti
+        claimed = tx.claim(task_instance_finished, rows)
+        for row in claimed:
+            labels: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]),
+                              ("task_id", row["task_id"]))
+            tx.add(FINISHED_TOTAL, labels)
+            if row["duration_seconds"] is not None:
+                tx.observe(DURATION, labels, row["duration_seconds"],
+                           self.settings.task_duration_buckets)
+            if row["queued_seconds"] is not None:
+                tx.observe(QUEUED, (("dag_id", row["dag_id"]),), row["queued_seconds"],
+                           self.settings.task_queued_buckets)
+        return [by_row[_key(row)] for row in claimed]
+
+    def _fold_retries(self, reader: Reader, tx: CacheTransaction, instances: list[TaskInstance],
+                      runs: dict[tuple[str, str], DagRun], now: datetime) -> int:
+        if reader.schema.has_task_instance_history:
+            tried = [(ti.dag_id, ti.task_id, ti.run_id, ti.map_index) for ti in instances
+                     if ti.try_number > 1]
+            failed = [(f.dag_id, f.task_id, f.run_id, f.map_index, f.try_number)
+                      for f in reader.failed_tries(tried)]
+        else:
+            failed = [(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+                      for ti in instances if ti.state == "up_for_retry"]
+        rows = [{"dag_run_id": runs[(dag_id, run_id)].id, "task_id": task_id,
+                 "map_index": map_index, "try_number": try_number, "dag_id": dag_id,
+                 "folded_at": now}
+                for dag_id, task_id, run_id, map_index, try_number in failed]
+        claimed = tx.claim(task_instance_retry, rows)
+        for row in claimed:
+            tx.add(RETRIES_TOTAL, (("dag_id", row["dag_id"]), ("task_id", row["task_id"])))
+        return len(claimed)
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["dag_run_id"], row["task_id"], row["map_index"], row["try_number"],
+            row["end_key"])
