@@ -8,6 +8,7 @@ clear_number + 1; `db clean` deletes old rows (task instances cascade).
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,3 +118,101 @@ def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
         UPDATE dag_run SET state = 'running', end_date = NULL
         WHERE id IN (SELECT id FROM dag_run ORDER BY id DESC LIMIT {active})""")
     af.conn.execute("ANALYZE dag_run")
+
+
+class TaskWriter:
+    """Task instances, tries, pools, jobs and DAG rows, as the scheduler writes them."""
+
+    def __init__(self, af: AirflowWriter) -> None:
+        self.af = af
+        self.conn = af.conn
+
+    def _run(self, run: int) -> tuple[str, str]:
+        row = self.conn.execute("SELECT dag_id, run_id FROM dag_run WHERE id = %s",
+                                (run,)).fetchone()
+        assert row is not None
+        return str(row[0]), str(row[1])
+
+    def add(self, run: int, task_id: str, *, map_index: int = -1, pool: str = "default_pool",
+            state: str | None = "scheduled") -> None:
+        dag_id, run_id = self._run(run)
+        values: dict[str, Any] = {
+            "dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index,
+            "state": state, "try_number": 1, "max_tries": 3, "pool": pool, "pool_slots": 1}
+        if self.af.v3:
+            values["id"] = uuid.uuid4()
+        columns = ", ".join(values)
+        marks = ", ".join(f"%({k})s" for k in values)
+        self.conn.execute(f"INSERT INTO task_instance ({columns}) VALUES ({marks})", values)
+
+    def set(self, run: int, task_id: str, state: str, at: datetime, *,
+            map_index: int = -1) -> None:
+        """queued sets queued_dttm, running sets start_date, final states set end_date."""
+        dag_id, run_id = self._run(run)
+        where = "dag_id = %(d)s AND run_id = %(r)s AND task_id = %(t)s AND map_index = %(m)s"
+        sets = ["state = %(s)s", "updated_at = %(at)s"]
+        if state == "queued":
+            sets.append("queued_dttm = %(at)s")
+        elif state == "running":
+            sets += ["start_date = %(at)s", "end_date = NULL"]
+        elif state in ("success", "failed", "skipped", "upstream_failed", "up_for_retry",
+                       "removed"):
+            sets += ["end_date = %(at)s",
+                     "duration = extract(epoch FROM %(at)s - coalesce(start_date, %(at)s))"]
+        self.conn.execute(f"UPDATE task_instance SET {', '.join(sets)} WHERE {where}",
+                          {"d": dag_id, "r": run_id, "t": task_id, "m": map_index, "s": state,
+                           "at": at})
+
+    def run_try(self, run: int, task_id: str, final: str, at: datetime, *, map_index: int = -1,
+                queued_for: float = 5.0, runs_for: float = 60.0) -> datetime:
+        """queued -> running -> final; returns the end time."""
+        self.set(run, task_id, "queued", at, map_index=map_index)
+        started = at + timedelta(seconds=queued_for)
+        self.set(run, task_id, "running", started, map_index=map_index)
+        end = started + timedelta(seconds=runs_for)
+        self.set(run, task_id, final, end, map_index=map_index)
+        return end
+
+    def next_try(self, run: int, task_id: str, *, map_index: int = -1) -> None:
+        """The scheduler archives the finished try and schedules the next one (retry or
+        clear): the old row goes to task_instance_history, try_number + 1."""
+        dag_id, run_id = self._run(run)
+        cols = ("task_id, dag_id, run_id, map_index, try_number, start_date, end_date, "
+                "duration, state, max_tries, pool, pool_slots, queued_dttm")
+        history_cols = ("task_instance_id, " if self.af.v3 else "") + cols
+        select_cols = ("gen_random_uuid(), " if self.af.v3 else "") + cols
+        params = {"d": dag_id, "r": run_id, "t": task_id, "m": map_index}
+        where = "dag_id = %(d)s AND run_id = %(r)s AND task_id = %(t)s AND map_index = %(m)s"
+        self.conn.execute(f"INSERT INTO task_instance_history ({history_cols}) "
+                          f"SELECT {select_cols} FROM task_instance WHERE {where}", params)
+        self.conn.execute("UPDATE task_instance SET try_number = try_number + 1, "
+                          "state = 'scheduled', start_date = NULL, end_date = NULL, "
+                          f"duration = NULL, queued_dttm = NULL WHERE {where}", params)
+
+    def pool(self, name: str, slots: int, include_deferred: bool = False) -> None:
+        self.conn.execute("INSERT INTO slot_pool (pool, slots, description, include_deferred) "
+                          "VALUES (%s, %s, '', %s)", (name, slots, include_deferred))
+
+    def heartbeat(self, job_type: str, at: datetime, state: str = "running") -> None:
+        self.conn.execute("INSERT INTO job (job_type, state, start_date, latest_heartbeat, "
+                          "hostname) VALUES (%s, %s, %s, %s, 'host')",
+                          (job_type, state, at, at))
+
+    def dag(self, dag_id: str, paused: bool) -> None:
+        if self.af.v3:
+            self.conn.execute("INSERT INTO dag_bundle (name, active) VALUES ('dags-folder', true) "
+                              "ON CONFLICT DO NOTHING")
+            self.conn.execute(
+                "INSERT INTO dag (dag_id, is_paused, is_stale, bundle_name, timetable_type, "
+                "partition_mapper_info, max_active_tasks, max_consecutive_failed_dag_runs, "
+                "has_task_concurrency_limits) VALUES (%s, %s, false, 'dags-folder', 'cron', "
+                "'{}', 16, 0, false)", (dag_id, paused))
+        else:
+            self.conn.execute(
+                "INSERT INTO dag (dag_id, is_paused, is_active, max_active_tasks, "
+                "max_consecutive_failed_dag_runs, has_task_concurrency_limits) "
+                "VALUES (%s, %s, true, 16, 0, false)", (dag_id, paused))
+
+    def import_error(self, filename: str, at: datetime) -> None:
+        self.conn.execute("INSERT INTO import_error (timestamp, filename, stacktrace) "
+                          "VALUES (%s, %s, 'Traceback ...')", (at, filename))

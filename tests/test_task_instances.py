@@ -1,0 +1,196 @@
+"""Task-instance metrics on real Airflow 2.10 and 3.x schemas: exact counts per try."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.conftest import AirflowDb, BridgeFactory, Scrape
+from tests.metadb import T0, TaskWriter
+
+TI_FINISHED = "airflow_task_instance_finished_total"
+RETRIES = "airflow_task_instance_retries_total"
+
+
+@pytest.fixture
+def tasks(airflow_db: AirflowDb) -> TaskWriter:
+    return TaskWriter(airflow_db.writer)
+
+
+def running_run(db: AirflowDb, dag_id: str = "etl", day: int = 0) -> int:
+    run = db.writer.create_run(dag_id, logical_date=T0 + timedelta(days=day))
+    db.writer.start_run(run, T0 + timedelta(days=day, minutes=1))
+    return run
+
+
+def ti(scrape: Scrape, task_id: str, state: str, dag_id: str = "etl") -> float | None:
+    return scrape.value(TI_FINISHED, dag_id=dag_id, task_id=task_id, state=state)
+
+
+def test_retries_then_success(airflow_db: AirflowDb, tasks: TaskWriter,
+                              make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "load")
+    at = T0 + timedelta(minutes=2)
+    at = tasks.run_try(run, "load", "up_for_retry", at)
+    scrape = bridge.cycle()
+    assert scrape.value("airflow_task_instances", dag_id="etl", state="up_for_retry") == 1
+    assert ti(scrape, "load", "failed") is None
+    tasks.next_try(run, "load")
+    at = tasks.run_try(run, "load", "up_for_retry", at + timedelta(minutes=5))
+    tasks.next_try(run, "load")
+    end = tasks.run_try(run, "load", "success", at + timedelta(minutes=5), queued_for=3,
+                        runs_for=30)
+    airflow_db.writer.finish_run(run, "success", end)
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert ti(scrape, "load", "success") == 1
+        assert ti(scrape, "load", "failed") is None
+        assert scrape.value(RETRIES, dag_id="etl", task_id="load") == 2
+        assert scrape.value("airflow_task_instance_duration_seconds_count", dag_id="etl",
+                            task_id="load", state="success") == 1
+        assert scrape.value("airflow_task_instance_duration_seconds_sum", dag_id="etl",
+                            task_id="load", state="success") == 30
+        assert scrape.value("airflow_task_instance_queued_seconds_count", dag_id="etl") == 1
+        assert scrape.value("airflow_task_instance_queued_seconds_sum", dag_id="etl") == 3
+        assert scrape.value("airflow_task_instances", dag_id="etl", state="up_for_retry") == 0
+
+
+def test_retries_exhausted_and_branches(airflow_db: AirflowDb, tasks: TaskWriter,
+                                        make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    for task in ("extract", "branch_a", "branch_b", "report"):
+        tasks.add(run, task)
+    at = tasks.run_try(run, "extract", "up_for_retry", T0 + timedelta(minutes=2))
+    tasks.next_try(run, "extract")
+    at = tasks.run_try(run, "extract", "failed", at)
+    tasks.set(run, "branch_a", "skipped", at)
+    tasks.set(run, "branch_b", "upstream_failed", at)
+    tasks.set(run, "report", "upstream_failed", at)
+    airflow_db.writer.finish_run(run, "failed", at)
+    scrape = bridge.cycle()
+    assert ti(scrape, "extract", "failed") == 1
+    assert scrape.value(RETRIES, dag_id="etl", task_id="extract") == 1
+    assert ti(scrape, "branch_a", "skipped") == 1
+    assert ti(scrape, "branch_b", "upstream_failed") == 1
+    assert ti(scrape, "report", "upstream_failed") == 1
+    assert len(scrape.series(TI_FINISHED)) == 4
+    assert bridge.cycle().airflow() == scrape.airflow()
+
+
+def test_long_run_shows_an_early_failure_within_one_cycle(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "first")
+    tasks.add(run, "slow")
+    tasks.run_try(run, "first", "failed", T0 + timedelta(minutes=2))
+    tasks.set(run, "slow", "running", T0 + timedelta(minutes=3))
+    scrape = bridge.cycle()
+    assert ti(scrape, "first", "failed") == 1
+    assert scrape.value("airflow_task_instances", dag_id="etl", state="running") == 1
+    assert scrape.value("airflow_dag_runs", dag_id="etl", state="running") == 1
+    tasks.set(run, "slow", "success", T0 + timedelta(hours=6))
+    airflow_db.writer.finish_run(run, "failed", T0 + timedelta(hours=6))
+    scrape = bridge.cycle()
+    assert ti(scrape, "first", "failed") == 1
+    assert ti(scrape, "slow", "success") == 1
+    assert scrape.value("airflow_task_instances", dag_id="etl", state="running") == 0
+
+
+def test_mapped_and_deferred_tasks(airflow_db: AirflowDb, tasks: TaskWriter,
+                                   make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    for index in range(3):
+        tasks.add(run, "score", map_index=index)
+    tasks.add(run, "wait_sensor")
+    tasks.set(run, "wait_sensor", "deferred", T0 + timedelta(minutes=2))
+    for index in range(3):
+        tasks.run_try(run, "score", "success", T0 + timedelta(minutes=2), map_index=index)
+    scrape = bridge.cycle()
+    assert ti(scrape, "score", "success") == 3
+    assert scrape.value("airflow_task_instances", dag_id="etl", state="deferred") == 1
+    assert all("map_index" not in dict(labels) for labels in scrape.series(TI_FINISHED))
+    tasks.run_try(run, "wait_sensor", "success", T0 + timedelta(minutes=9))
+    airflow_db.writer.finish_run(run, "success", T0 + timedelta(minutes=20))
+    scrape = bridge.cycle()
+    assert ti(scrape, "score", "success") == 3
+    assert ti(scrape, "wait_sensor", "success") == 1
+    assert scrape.value("airflow_task_instances", dag_id="etl", state="deferred") == 0
+
+
+def test_task_cleared_in_an_old_finished_run(airflow_db: AirflowDb, tasks: TaskWriter,
+                                             make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "load")
+    end = tasks.run_try(run, "load", "failed", T0 + timedelta(minutes=2))
+    af.finish_run(run, "failed", end)
+    assert ti(bridge.cycle(), "load", "failed") == 1
+
+    af.clear_run(run, T0 + timedelta(days=30))
+    tasks.next_try(run, "load")
+    bridge.cycle()
+    af.start_run(run, T0 + timedelta(days=30, minutes=1))
+    end = tasks.run_try(run, "load", "success", T0 + timedelta(days=30, minutes=1))
+    af.finish_run(run, "success", end)
+    scrape = bridge.cycle()
+    assert ti(scrape, "load", "failed") == 1
+    assert ti(scrape, "load", "success") == 1
+    assert scrape.value(RETRIES, dag_id="etl", task_id="load") == 1, \
+        "the failed try that was cleared was tried again"
+    assert scrape.value("airflow_dag_run_finished_total", dag_id="etl", state="success",
+                        run_type="scheduled") == 1
+
+
+def test_pools_fill_and_drain(airflow_db: AirflowDb, tasks: TaskWriter,
+                              make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(airflow_db.url)
+    tasks.pool("gpu", 2)
+    run = running_run(airflow_db)
+    for name in ("a", "b", "c"):
+        tasks.add(run, name, pool="gpu")
+    tasks.set(run, "a", "running", T0)
+    tasks.set(run, "b", "running", T0)
+    tasks.set(run, "c", "queued", T0)
+
+    def pool(scrape: Scrape) -> dict[str, float | None]:
+        return {s: scrape.value("airflow_pool_slots", pool="gpu", state=s)
+                for s in ("open", "running", "queued", "deferred", "total")}
+
+    assert pool(bridge.cycle()) == {"open": 0, "running": 2, "queued": 1, "deferred": 0,
+                                    "total": 2}
+    for name in ("a", "b"):
+        tasks.set(run, name, "success", T0 + timedelta(minutes=1))
+    tasks.set(run, "c", "running", T0 + timedelta(minutes=1))
+    assert pool(bridge.cycle()) == {"open": 1, "running": 1, "queued": 0, "deferred": 0,
+                                    "total": 2}
+    tasks.set(run, "c", "success", T0 + timedelta(minutes=2))
+    scrape = bridge.cycle()
+    assert pool(scrape) == {"open": 2, "running": 0, "queued": 0, "deferred": 0, "total": 2}
+    assert scrape.value("airflow_pool_slots", pool="default_pool", state="total") == 128
+
+
+def test_heartbeats_paused_dags_and_import_errors(airflow_db: AirflowDb, tasks: TaskWriter,
+                                                  make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(airflow_db.url)
+    tasks.heartbeat("SchedulerJob", T0 - timedelta(hours=1), state="failed")
+    tasks.heartbeat("SchedulerJob", T0)
+    tasks.heartbeat("TriggererJob", T0 + timedelta(seconds=5))
+    tasks.dag("etl", paused=False)
+    tasks.dag("old_report", paused=True)
+    tasks.import_error("dags/broken.py", T0)
+    scrape = bridge.cycle()
+    beats = scrape.series("airflow_job_last_heartbeat_timestamp_seconds")
+    assert beats == {frozenset({("job_type", "SchedulerJob")}): T0.timestamp(),
+                     frozenset({("job_type", "TriggererJob")}): T0.timestamp() + 5}
+    assert scrape.value("airflow_dag_paused", dag_id="etl") == 0
+    assert scrape.value("airflow_dag_paused", dag_id="old_report") == 1
+    assert scrape.value("airflow_dag_import_errors") == 1
+    # A dead scheduler: no new heartbeat, so the timestamp stays and ages.
+    assert bridge.cycle().series("airflow_job_last_heartbeat_timestamp_seconds") == beats
