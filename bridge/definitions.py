@@ -376,12 +376,10 @@ def _check_shared_names(found: list[tuple[int, MetricDefinition]], problems: _Pr
             seen_labels[name] = [(index, definition.labels)]
             continue
         other_index, other = first[name]
+        # The type needs no check: the _total rules make it follow from the name.
         agree = ("entries that share a name must have the same type, help and label names, "
                  "and differ in a static label value")
-        if definition.kind != other.kind:
-            problems.add(index, name, "type", f"metrics[{other_index}] defines {name} as a "
-                         f"{other.kind}, this entry as a {definition.kind}; {agree}")
-        elif definition.help != other.help:
+        if definition.help != other.help:
             problems.add(index, name, "help", f"differs from the help of metrics[{other_index}]"
                          f", which defines {name} too; {agree}")
         elif definition.label_names != other.label_names:

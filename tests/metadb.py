@@ -101,22 +101,60 @@ class AirflowWriter:
 
 
 def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
-                 active: int = 50) -> None:
-    """A large dag_run table, written set-based, so the planner has a real choice."""
+                 active: int = 50, tasks_per_run: int = 0, jobs: int = 0) -> None:
+    """A large history written set-based, so the planner has a real choice.
+
+    dag_run rows (10 % failed), `tasks_per_run` task instances per run (the first try of
+    every third task failed and was retried, archived in task_instance_history), and
+    `jobs` old LocalTaskJob rows; the newest `active` runs are left running.
+    """
     date_column = af.date_column
     extra_cols, extra_vals = ("run_after, ", "t, ") if af.v3 else ("", "")
     af.conn.execute(f"""
         INSERT INTO dag_run (dag_id, run_id, run_type, state, {date_column}, {extra_cols}
-                             queued_at, start_date, end_date)
+                             queued_at, start_date, end_date, data_interval_end)
         SELECT 'dag_' || d, 'scheduled__' || n, 'scheduled',
                CASE WHEN n % 10 = 0 THEN 'failed' ELSE 'success' END, t, {extra_vals}
-               t + interval '1 minute', t + interval '2 minutes', t + interval '9 minutes'
+               t + interval '1 minute', t + interval '2 minutes', t + interval '9 minutes', t
         FROM generate_series(1, {dags}) AS d, generate_series(1, {runs_per_dag}) AS n,
              LATERAL (SELECT timestamptz '2020-01-01' + n * interval '1 hour' AS t) AS ts
     """)
     af.conn.execute(f"""
         UPDATE dag_run SET state = 'running', end_date = NULL
         WHERE id IN (SELECT id FROM dag_run ORDER BY id DESC LIMIT {active})""")
+    if tasks_per_run:
+        ti_id, ti_val = ("id, ", "gen_random_uuid(), ") if af.v3 else ("", "")
+        af.conn.execute(f"""
+            INSERT INTO task_instance ({ti_id}dag_id, run_id, task_id, map_index, state,
+                try_number, max_tries, pool, pool_slots, queued_dttm, start_date, end_date,
+                duration)
+            SELECT {ti_val}r.dag_id, r.run_id, 'task_' || k, -1,
+                   CASE WHEN r.state = 'running' THEN 'running'
+                        WHEN r.state = 'failed' AND k = 1 THEN 'failed' ELSE 'success' END,
+                   CASE WHEN k % 3 = 0 THEN 2 ELSE 1 END, 2, 'default_pool', 1,
+                   r.start_date, r.start_date + interval '10 seconds',
+                   r.start_date + interval '70 seconds', 60
+            FROM dag_run r, generate_series(1, {tasks_per_run}) AS k
+        """)
+        th_id, th_val = ("task_instance_id, ", "gen_random_uuid(), ") if af.v3 else ("", "")
+        af.conn.execute(f"""
+            INSERT INTO task_instance_history ({th_id}dag_id, run_id, task_id, map_index,
+                state, try_number, max_tries, pool, pool_slots, start_date, end_date)
+            SELECT {th_val}dag_id, run_id, task_id, map_index, 'failed', 1, 2, pool, 1,
+                   start_date, end_date
+            FROM task_instance WHERE try_number = 2
+        """)
+        af.conn.execute("ANALYZE task_instance")
+        af.conn.execute("ANALYZE task_instance_history")
+    if jobs:
+        af.conn.execute(f"""
+            INSERT INTO job (dag_id, state, job_type, start_date, end_date, latest_heartbeat,
+                             hostname)
+            SELECT 'dag_1', 'success', 'LocalTaskJob', t, t, t, 'worker'
+            FROM generate_series(1, {jobs}) AS n,
+                 LATERAL (SELECT timestamptz '2020-01-01' + n * interval '1 minute' AS t) AS ts
+        """)
+        af.conn.execute("ANALYZE job")
     af.conn.execute("ANALYZE dag_run")
 
 

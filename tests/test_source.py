@@ -9,14 +9,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bridge import config
-from bridge.cache import Cache, now_utc
-from bridge.dag_runs import DagRunJob
 from bridge.source import Reader, Source, SourceError, detect_schema, write_privileges
-from tests.conftest import AirflowDb
+from tests.conftest import AirflowDb, BridgeFactory
 from tests.metadb import fill_history
 from tests.postgres import Postgres
 
-BIG_TABLES = {"dag_run", "task_instance", "task_instance_history", "xcom"}
+BIG_TABLES = {"dag_run", "task_instance", "task_instance_history", "xcom", "job"}
 
 
 def _settings(db: AirflowDb, **env: str) -> config.Settings:
@@ -84,13 +82,9 @@ def _seq_scans(plan: dict[str, Any]) -> list[str]:
 
 def test_every_statement_of_a_cycle_uses_indexes(airflow_db: AirflowDb,
                                                  monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Any) -> None:
-    fill_history(airflow_db.writer)
-    settings = _settings(airflow_db, BRIDGE_LOOKBACK="7d",
-                         BRIDGE_CACHE_URL=f"sqlite:///{tmp_path / 'c.db'}")
-    source, cache = Source(settings), Cache(settings.cache_url)
-    cache.migrate()
-    job = DagRunJob(settings)
+                                                 make_bridge: BridgeFactory) -> None:
+    fill_history(airflow_db.writer, runs_per_dag=500, tasks_per_run=4, jobs=50_000)
+    bridge = make_bridge(airflow_db.url, lookback="7d")
     recorded: list[tuple[str, dict[str, Any]]] = []
     original = Reader.execute
 
@@ -99,24 +93,25 @@ def test_every_statement_of_a_cycle_uses_indexes(airflow_db: AirflowDb,
         return original(self, sql, params)
 
     monkeypatch.setattr(Reader, "execute", recording)
-    for _ in range(2):  # the first-start backfill, then a steady-state cycle
-        with source.reading() as reader, cache.transaction() as tx:
-            job.run(reader, tx, now_utc())
+    bridge.cycle()  # the first-start backfill
+    airflow_db.writer.conn.execute(
+        "UPDATE task_instance SET state = 'success', end_date = now() WHERE state = 'running'")
     airflow_db.writer.conn.execute(
         "UPDATE dag_run SET state = 'success', end_date = now() WHERE state = 'running'")
-    with source.reading() as reader, cache.transaction() as tx:
-        assert job.run(reader, tx, now_utc()).folded == 50
-    kinds = {sql.split(" FROM ")[-1][:40] for sql, _ in recorded}
-    assert len(kinds) >= 5, kinds
+    scrape = bridge.cycle()  # a steady-state cycle that folds 50 runs and their tasks
+    assert scrape.value("airflow_dag_run_finished_total", dag_id="dag_100", state="success",
+                        run_type="scheduled") == 50, "the 50 active runs, all of dag_100"
+    assert scrape.value("airflow_task_instance_finished_total", dag_id="dag_100",
+                        task_id="task_1", state="success") == 50
+    assert scrape.value("airflow_task_instance_retries_total", dag_id="dag_100",
+                        task_id="task_3") == 50
+    tables = {table for sql, _ in recorded for table in BIG_TABLES if f" {table} " in sql + " "}
+    assert tables == BIG_TABLES - {"xcom"}, tables
 
     engine = create_engine(airflow_db.url)
     with engine.connect() as conn:
         for sql, params in recorded:
-            if "dag_run" not in sql:
-                continue
             plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + sql), params).scalar()
             tree = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
             assert not _seq_scans(tree), f"sequential scan in: {sql} {params}"
     engine.dispose()
-    source.dispose()
-    cache.dispose()
