@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, TaskWriter
+from tests.postgres import FIXTURES, run_sql_file
 
 TI_FINISHED = "airflow_task_instance_finished_total"
 RETRIES = "airflow_task_instance_retries_total"
@@ -194,3 +195,25 @@ def test_heartbeats_paused_dags_and_import_errors(airflow_db: AirflowDb, tasks: 
     assert scrape.value("airflow_dag_import_errors") == 1
     # A dead scheduler: no new heartbeat, so the timestamp stays and ages.
     assert bridge.cycle().series("airflow_job_last_heartbeat_timestamp_seconds") == beats
+
+
+def test_runs_captured_from_real_airflow(airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    """`airflow dags test` runs of the example DAGs, as real Airflow wrote them."""
+    run_sql_file(airflow_db.writer.conn, FIXTURES / f"capture-{airflow_db.version}.sql")
+    scrape = make_bridge(airflow_db.url).cycle()
+    v3 = airflow_db.version.startswith("3.")
+    for dag_id in ("daily_fetch_bike_data", "daily_prediction", "monitor_and_fine_tune"):
+        assert scrape.value("airflow_dag_run_finished_total", dag_id=dag_id, state="success",
+                            run_type="manual") == 3
+    assert scrape.value("airflow_dag_run_finished_total", dag_id="xcom_shapes",
+                        state="failed" if v3 else "success", run_type="manual") == 3
+    assert scrape.series("airflow_dag_run_duration_seconds_count") == {}, \
+        "dags test runs start at their logical date: no honest duration"
+    assert ti(scrape, "times_ten", "success", "xcom_shapes") == 9
+    assert ti(scrape, "flaky", "success", "xcom_shapes") == 3
+    assert scrape.value(RETRIES, dag_id="xcom_shapes", task_id="flaky") == 3
+    assert ti(scrape, "return_nan", "failed" if v3 else "success", "xcom_shapes") == 3
+    assert ti(scrape, "fine_tune_model", "success", "monitor_and_fine_tune") == 3
+    assert sum(scrape.series(TI_FINISHED).values()) == 3 * 6 + 3 * 8 + 9
+    assert scrape.value("airflow_dag_paused", dag_id="xcom_shapes") == 1
+    assert scrape.value("airflow_dag_paused", dag_id="daily_prediction") == 0
