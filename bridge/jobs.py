@@ -45,6 +45,7 @@ class Refresher:
         self.dag_runs = DagRunJob(settings)
         self.task_instances = TaskInstanceJob(settings)
         self.last_cycle: DagRunCycle | None = None
+        self.last_rows_read = 0
         self.failures = 0
         self.ready = threading.Event()
         self._lock = threading.Lock()
@@ -93,6 +94,7 @@ class Refresher:
             self._last_success[job] = time.time()
             self._live = Live(cycle.active, tasks.current, state)
             self.last_cycle = cycle
+            self.last_rows_read = rows_read
             self._publish(metadb_up=True)
             self.ready.set()
             log.debug("refresh: %d runs and %d task tries folded, %d retries, %d rows read, "

@@ -1,52 +1,120 @@
-"""Benchmark: one refresh cycle and one scrape, next to a scrape-time full aggregation.
+"""Benchmark: the bridge's refresh cycle next to the scrape-time full aggregation.
 
-    python -m tests.benchmark [--runs-per-dag 2000] [--dags 100] [--version 3.3.2]
+    python -m tests.benchmark                      # 100 k and 10 M task instances
+    python -m tests.benchmark --task-instances 100000
 
-Uses $BRIDGE_TEST_DATABASE_URL or an embedded PostgreSQL, like the tests. Prints
-figures; asserts nothing (speed is measured here, correctness in the tests).
+For each size it fills a real Airflow schema (set-based SQL: runs, task instances,
+retried tries in task_instance_history, old jobs), leaves 50 runs active, and times,
+end to end, (a) one steady-state bridge cycle (queries, folding into the cache,
+publishing the snapshot) and (b) the GROUP BY over all runs and task instances that
+plugin exporters run on every scrape. It also times one scrape of 10 000 series and
+reports the peak RSS. Uses $BRIDGE_TEST_DATABASE_URL or an embedded PostgreSQL.
+Figures only; correctness is in the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import generate_latest
 from sqlalchemy import create_engine, text
 
 from bridge import config
-from bridge.cache import Cache
-from bridge.collector import SnapshotCollector, View
+from bridge.cache import Aggregates, Cache
+from bridge.collector import Health, Live, Snapshot, SnapshotCollector, View
 from bridge.jobs import Refresher
 from bridge.server import make_app
 from bridge.source import Source
 from tests import postgres
 from tests.metadb import AirflowWriter, fill_history
 
+TASKS_PER_RUN = 4
+ACTIVE = 50
 FULL_AGGREGATION = (
     "SELECT dag_id, state, run_type, count(*), "
-    "sum(extract(epoch FROM end_date - start_date)) FROM dag_run GROUP BY dag_id, state, run_type"
+    "sum(extract(epoch FROM end_date - start_date)) FROM dag_run GROUP BY dag_id, state, run_type",
+    "SELECT dag_id, task_id, state, count(*), sum(duration) FROM task_instance "
+    "GROUP BY dag_id, task_id, state",
 )
 
 
-def _timed(action: Callable[[], object], repeat: int) -> tuple[float, float]:
+def _median_ms(action: Callable[[], object], repeat: int) -> float:
     samples = []
     for _ in range(repeat):
         started = time.perf_counter()
         action()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000, min(samples) * 1000
+    return statistics.median(samples) * 1000
+
+
+def measure(pg: postgres.Postgres, template: str, version: str, task_instances: int,
+            repeat: int) -> dict[str, float]:
+    runs = task_instances // TASKS_PER_RUN
+    dags = max(10, runs // 5000)
+    name = pg.fresh_name("amb_bench")
+    pg.create_database(name, template=template)
+    writer = AirflowWriter(pg.libpq(name), version)
+    started = time.perf_counter()
+    fill_history(writer, runs_per_dag=runs // dags, dags=dags, active=ACTIVE,
+                 tasks_per_run=TASKS_PER_RUN, jobs=runs // 10)
+    filled = time.perf_counter() - started
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = config.load(None, {
+                "BRIDGE_AIRFLOW_DB_URL": pg.url_for(name).render_as_string(False),
+                "BRIDGE_CACHE_URL": f"sqlite:///{Path(tmp) / 'cache.db'}",
+                "BRIDGE_LOOKBACK": "0"})
+            cache = Cache(settings.cache_url)
+            cache.migrate()
+            source = Source(settings)
+            refresher = Refresher(settings, source, cache, SnapshotCollector(View.of(settings)))
+            assert refresher.refresh()
+            cycle_ms = _median_ms(refresher.refresh, repeat)
+            rows_read = refresher.last_rows_read
+            engine = create_engine(settings.require_airflow_url())
+            with engine.connect() as conn:
+                full_ms = _median_ms(
+                    lambda: [conn.execute(text(sql)).fetchall() for sql in FULL_AGGREGATION],
+                    max(3, repeat // 5))
+                full_rows = runs * (1 + TASKS_PER_RUN)
+            engine.dispose()
+            source.dispose()
+            cache.dispose()
+    finally:
+        writer.close()
+        pg.drop_database(name)
+    return {"task_instances": runs * TASKS_PER_RUN, "runs": runs, "fill_s": filled,
+            "cycle_ms": cycle_ms, "rows_read": rows_read, "full_ms": full_ms,
+            "full_rows": full_rows}
+
+
+def scrape_ms(series: int) -> float:
+    """One /metrics request with `series` counter series, through the WSGI app."""
+    per_dag = 100
+    counters = {"airflow_task_instance_finished_total": {
+        (("dag_id", f"dag_{i // per_dag}"), ("state", "success"), ("task_id", f"task_{i}")):
+            float(i) for i in range(series)}}
+    collector = SnapshotCollector(View(30, max_series=series + 1000))
+    collector.publish(Snapshot(Aggregates(counters, {}, {}), Live(), Health(version="bench")))
+    app = make_app(collector, lambda: True, "bench")
+    environ = {"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"}
+
+    def scrape() -> bytes:
+        return b"".join(app(environ, lambda *_: None))
+
+    scrape()  # the first scrape after a refresh renders the snapshot
+    return _median_ms(scrape, 200)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dags", type=int, default=100)
-    parser.add_argument("--runs-per-dag", type=int, default=2000)
-    parser.add_argument("--active", type=int, default=50)
+    parser.add_argument("--task-instances", type=int, nargs="+",
+                        default=[100_000, 10_000_000])
     parser.add_argument("--version", default=postgres.AIRFLOW_VERSIONS[-1],
                         choices=postgres.AIRFLOW_VERSIONS)
     parser.add_argument("--repeat", type=int, default=20)
@@ -54,55 +122,22 @@ def main() -> None:
 
     pg = postgres.start()
     template = postgres.load_airflow_schema(pg, args.version)
-    name = pg.fresh_name("amb_bench")
-    pg.create_database(name, template=template)
-    writer = AirflowWriter(pg.libpq(name), args.version)
-    started = time.perf_counter()
-    fill_history(writer, runs_per_dag=args.runs_per_dag, dags=args.dags, active=args.active)
-    fill_seconds = time.perf_counter() - started
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = config.load(None, {
-                "BRIDGE_AIRFLOW_DB_URL": pg.url_for(name).render_as_string(False),
-                "BRIDGE_CACHE_URL": f"sqlite:///{Path(tmp) / 'cache.db'}",
-                "BRIDGE_LOOKBACK": "all"})
-            cache = Cache(settings.cache_url)
-            cache.migrate()
-            source = Source(settings)
-            collector = SnapshotCollector(View.of(settings))
-            refresher = Refresher(settings, source, cache, collector)
-            backfill_ms, _ = _timed(refresher.refresh, 1)
-            while refresher.last_cycle is None or not refresher.last_cycle.caught_up:
-                refresher.refresh()
-            cycle_ms, cycle_min = _timed(refresher.refresh, args.repeat)
-            render_ms, _ = _timed(lambda: generate_latest(collector), 5)
-            app = make_app(collector, lambda: True, "bench")
-            environ = {"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"}
-            body = b"".join(app(environ, lambda *_: None))
-            scrape_ms, scrape_min = _timed(lambda: b"".join(app(environ, lambda *_: None)),
-                                           args.repeat * 5)
-            engine = create_engine(settings.require_airflow_url())
-            with engine.connect() as conn:
-                full_ms, full_min = _timed(lambda: conn.execute(text(FULL_AGGREGATION)).fetchall(),
-                                           max(3, args.repeat // 4))
-            engine.dispose()
-            source.dispose()
-            cache.dispose()
-    finally:
-        writer.close()
-        pg.drop_database(name)
-
-    runs = args.dags * args.runs_per_dag
-    print(f"Airflow {args.version} schema, {runs:,} dag_run rows ({args.active} active), "
-          f"filled in {fill_seconds:.1f}s")
-    print(f"{'what':<48}{'median ms':>12}{'min ms':>10}")
-    print(f"{'first-start backfill cycle (lookback all, 1st)':<48}{backfill_ms:>12.1f}{'':>10}")
-    print(f"{'steady-state refresh cycle (bridge)':<48}{cycle_ms:>12.2f}{cycle_min:>10.2f}")
-    print(f"{'full GROUP BY over dag_run (scrape-time way)':<48}{full_ms:>12.2f}{full_min:>10.2f}")
-    print(f"{'ratio full / bridge cycle':<48}{full_ms / cycle_ms:>12.1f}x")
-    print(f"{'render /metrics once per refresh':<48}{render_ms:>12.3f}{'':>10}")
-    print(f"{'one scrape of /metrics (WSGI app)':<48}{scrape_ms:>12.3f}{scrape_min:>10.3f}"
-          f"   ({len(body.splitlines()):,} lines, {len(body):,} bytes)")
+    results = [measure(pg, template, args.version, n, args.repeat)
+               for n in args.task_instances]
+    print(f"Airflow {args.version} schema; {ACTIVE} active runs; cache on SQLite; "
+          f"median of {args.repeat} cycles")
+    print(f"{'task instances':>15}{'dag runs':>11}{'fill s':>8}{'bridge ms':>11}"
+          f"{'rows read':>11}{'full agg ms':>13}{'rows read':>12}{'ratio':>9}")
+    for r in results:
+        print(f"{r['task_instances']:>15,}{r['runs']:>11,}{r['fill_s']:>8.0f}"
+              f"{r['cycle_ms']:>11.1f}{r['rows_read']:>11,}{r['full_ms']:>13.1f}"
+              f"{r['full_rows']:>12,}{r['full_ms'] / r['cycle_ms']:>8.0f}x")
+    if len(results) > 1:
+        print(f"bridge cycle at the largest size / at the smallest: "
+              f"{results[-1]['cycle_ms'] / results[0]['cycle_ms']:.2f}x")
+    print(f"one scrape of 10,000 series: {scrape_ms(10_000):.3f} ms")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {peak:.0f} MB")
 
 
 if __name__ == "__main__":
