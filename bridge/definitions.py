@@ -50,8 +50,8 @@ class MetricDefinition:
     source: Source
     dag_id: str
     task_id: str
-    key: str
-    path: tuple[PathStep, ...]
+    key: str  # XCom key; "" for task_state
+    path: tuple[PathStep, ...]  # into the XCom's JSON value; () for all of it
     labels: tuple[tuple[str, str], ...]  # static labels, sorted by name
     value_label: str | None
     mapped: Mapped
@@ -188,13 +188,10 @@ def _entry(raw: object, index: int, reserved: Collection[str],
             key = ".".join(str(part) for part in error["loc"])
             problems.add(index, name, key, _pydantic_message(error))
         return None
-    before = len(problems.lines)
     found = list(_entry_problems(model, reserved))
     for key, message in found:
         problems.add(index, model.name, key, message)
-    if len(problems.lines) > before:
-        return None
-    return _definition(model)
+    return None if found else _definition(model)
 
 
 def _pydantic_message(error: ErrorDetails) -> str:
