@@ -105,6 +105,25 @@ task_instance_retry = Table(
     Column("dag_id", String(250), nullable=False),
     Column("folded_at", DateTime, nullable=False),
 )
+business_value = Table(
+    "business_value", metadata,
+    Column("dag_run_id", BigInteger, primary_key=True),
+    Column("end_key", String(40), primary_key=True),
+    Column("metric", String(200), primary_key=True),
+    Column("labels", Text, primary_key=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("logical_date", DateTime),
+    Column("end_date", DateTime),
+    Column("value", Float, nullable=False),
+)
+metric_latest = Table(
+    "metric_latest", metadata,
+    Column("metric", String(200), primary_key=True),
+    Column("labels", Text, primary_key=True),
+    Column("as_of", DateTime, nullable=False),
+    Column("value", Float, nullable=False),
+)
 metric_counter = Table(
     "metric_counter", metadata,
     Column("metric", String(200), primary_key=True),
@@ -192,6 +211,7 @@ class CacheTransaction:
         self._counters: dict[tuple[str, Labels], float] = defaultdict(float)
         self._gauges_max: dict[tuple[str, Labels], float] = {}
         self._histograms: dict[tuple[str, Labels], _Histogram] = defaultdict(_Histogram)
+        self._latest: dict[tuple[str, Labels], tuple[datetime, float]] = {}
 
     def _insert(self, table: Table) -> Any:
         module: Any = postgresql if self._dialect == "postgresql" else sqlite
@@ -260,6 +280,12 @@ class CacheTransaction:
         key = (metric, labels)
         self._gauges_max[key] = max(value, self._gauges_max.get(key, value))
 
+    def latest(self, metric: str, labels: Labels, value: float, as_of: datetime) -> None:
+        """A gauge that keeps the value of the newest `as_of`, whatever the folding order."""
+        key = (metric, labels)
+        if key not in self._latest or self._latest[key][0] <= as_of:
+            self._latest[key] = (as_of, value)
+
     def observe(self, metric: str, labels: Labels, value: float, bounds: Sequence[float]) -> None:
         hist = self._histograms[(metric, labels)]
         hist.sum += value
@@ -287,8 +313,16 @@ class CacheTransaction:
             for le, count in hist.buckets.items():
                 self._upsert_add(metric_histogram_bucket, {"metric": metric, "labels": encoded,
                                                            "le": le, "count": count}, ("count",))
+        for (metric, labels), (as_of, value) in self._latest.items():
+            stmt = self._insert(metric_latest).values(
+                metric=metric, labels=encode_labels(labels), as_of=as_of, value=value)
+            self.conn.execute(stmt.on_conflict_do_update(
+                index_elements=["metric", "labels"],
+                set_={"as_of": stmt.excluded.as_of, "value": stmt.excluded.value},
+                where=metric_latest.c.as_of <= stmt.excluded.as_of))
         self._counters.clear()
         self._gauges_max.clear()
+        self._latest.clear()
         self._histograms.clear()
 
     def _upsert_add(self, table: Table, values: dict[str, Any], summed: Sequence[str]) -> None:
@@ -345,6 +379,10 @@ class Cache:
             for metric, labels, value in conn.execute(select(metric_counter)):
                 counters[metric][decode_labels(labels)] = float(value)
             for metric, labels, value in conn.execute(select(metric_gauge)):
+                gauges[metric][decode_labels(labels)] = float(value)
+            latest = metric_latest.c
+            for metric, labels, value in conn.execute(
+                    select(latest.metric, latest.labels, latest.value)):
                 gauges[metric][decode_labels(labels)] = float(value)
             buckets: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
             for metric, labels, le, count in conn.execute(

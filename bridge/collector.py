@@ -72,11 +72,14 @@ class View:
     exclude_dags: tuple[str, ...] = ()
     task_id_label: bool = True
     max_series: int = 20_000
+    business: tuple[MetricSpec, ...] = ()
 
     @classmethod
     def of(cls, settings: Settings) -> View:
+        business = {d.name: MetricSpec(d.name, d.kind, d.help, d.label_names)
+                    for d in settings.definitions}
         return cls(settings.refresh_interval, settings.include_dags, settings.exclude_dags,
-                   settings.task_id_label, settings.max_series)
+                   settings.task_id_label, settings.max_series, tuple(business.values()))
 
     def shows_dag(self, dag_id: str) -> bool:
         return any(fnmatchcase(dag_id, p) for p in self.include_dags) and \
@@ -200,13 +203,13 @@ def build_families(snapshot: Snapshot, view: View) -> tuple[list[Metric], int]:
     bridge_specs = [spec for spec in CATALOG if spec.name.startswith("airflow_bridge_")]
     airflow = _Builder(view, reserve=sum(len(s) for s in _health_series(
         snapshot.health, 0).values()))
-    for spec in CATALOG:
+    for spec in (*CATALOG, *view.business):
         if spec not in bridge_specs:
             airflow.add(spec, sources.get(spec.name, {}))
     own = _Builder(view)
     health = _health_series(snapshot.health, airflow.dropped)
     for spec in bridge_specs:
-        own.add(spec, health[spec.name])
+        own.add(spec, health.get(spec.name) or sources.get(spec.name, {}))
     return own.families + airflow.families, airflow.dropped
 
 

@@ -11,12 +11,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from bridge.definitions import MetricDefinition
 
 DEFAULT_CACHE_URL = "sqlite:///airflow-metrics-bridge.db"
 DEFAULT_LISTEN = "127.0.0.1:9101"
@@ -35,6 +38,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "BRIDGE_LISTEN_ADDRESS": ("listen_address",),
     "BRIDGE_LOOKBACK": ("lookback",),
     "BRIDGE_REFRESH_INTERVAL": ("refresh_interval",),
+    "BRIDGE_METRICS_FILE": ("metrics_file",),
 }
 FILE_SUFFIX = "_FILE"
 
@@ -118,6 +122,8 @@ class ConfigModel(_Model):
     dags: DagsModel = DagsModel()
     task_id_label: bool = True
     max_series: int = Field(default=20_000, ge=100)
+    metrics_file: str | None = None
+    xcom_max_bytes: int = Field(default=1_048_576, ge=1024)
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,9 @@ class Settings:
     exclude_dags: tuple[str, ...]
     task_id_label: bool
     max_series: int
+    metrics_file: str | None
+    xcom_max_bytes: int
+    definitions: tuple[MetricDefinition, ...]
 
     def require_airflow_url(self) -> URL:
         if self.airflow_url is None:
@@ -184,6 +193,8 @@ class Settings:
             "dags": {"include": list(self.include_dags), "exclude": list(self.exclude_dags)},
             "task_id_label": self.task_id_label,
             "max_series": self.max_series,
+            "metrics_file": self.metrics_file,
+            "xcom_max_bytes": self.xcom_max_bytes,
         }
 
 
@@ -212,7 +223,7 @@ def load(path: str | os.PathLike[str] | None = None,
         model = ConfigModel.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
-    return _settings(model, source)
+    return _settings(model, source, Path(file_name).parent if file_name else None)
 
 
 def _read_file(file_name: str) -> dict[str, Any]:
@@ -294,7 +305,17 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _settings(model: ConfigModel, source: str) -> Settings:
+def _metrics_file(name: str | None, base: Path | None) -> str | None:
+    """A relative metrics_file in a config file is relative to that file."""
+    if name is None or base is None or Path(name).is_absolute():
+        return name
+    return str(base / name)
+
+
+def _settings(model: ConfigModel, source: str, base: Path | None) -> Settings:
+    from bridge.definitions import load_definitions
+    from bridge.metrics import BY_NAME
+
     airflow_url = _source_url(model.airflow.url, source) if model.airflow.url else None
     cache_url = _cache_url(model.cache.url or DEFAULT_CACHE_URL, source)
     host, port = _listen(model.listen_address, source)
@@ -303,6 +324,7 @@ def _settings(model: ConfigModel, source: str) -> Settings:
             raise ConfigError(f"{source}: histograms.{name}: give positive bucket bounds in "
                               "increasing order, without duplicates")
     histograms = model.histograms
+    metrics_file = _metrics_file(model.metrics_file, base)
     if model.refresh_interval < 1:
         raise ConfigError(f"{source}: refresh_interval: must be at least 1s")
     return Settings(
@@ -329,6 +351,9 @@ def _settings(model: ConfigModel, source: str) -> Settings:
         exclude_dags=model.dags.exclude,
         task_id_label=model.task_id_label,
         max_series=model.max_series,
+        metrics_file=metrics_file,
+        xcom_max_bytes=model.xcom_max_bytes,
+        definitions=load_definitions(metrics_file, BY_NAME) if metrics_file else (),
     )
 
 

@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import __version__, dag_runs, task_instances
+from bridge.business import BusinessJob
 from bridge.cache import Aggregates, Cache, now_utc
 from bridge.collector import EMPTY, Health, Live, Snapshot, SnapshotCollector
 from bridge.config import Settings
@@ -44,6 +45,7 @@ class Refresher:
         self.clock = clock
         self.dag_runs = DagRunJob(settings)
         self.task_instances = TaskInstanceJob(settings)
+        self.business = BusinessJob(settings)
         self.last_cycle: DagRunCycle | None = None
         self.last_rows_read = 0
         self.failures = 0
@@ -72,6 +74,7 @@ class Refresher:
                     now = self.clock()
                     cycle = self.dag_runs.run(reader, tx, now)
                     tasks = self.task_instances.run(reader, tx, cycle, now)
+                    business = self.business.run(reader, tx, cycle, tasks.finished)
                     state = reader.current_state()
                     rows_read = reader.rows_read
                 self._aggregates = self.cache.aggregates(self._bounds())
@@ -97,9 +100,10 @@ class Refresher:
             self.last_rows_read = rows_read
             self._publish(metadb_up=True)
             self.ready.set()
-            log.debug("refresh: %d runs and %d task tries folded, %d retries, %d rows read, "
-                      "%.3fs", cycle.folded, len(tasks.finished), tasks.retries, rows_read,
-                      elapsed)
+            log.debug("refresh: %d runs and %d task tries folded, %d retries, %d business "
+                      "values (%d unusable), %d rows read, %.3fs", cycle.folded,
+                      len(tasks.finished), tasks.retries, business.values, business.errors,
+                      rows_read, elapsed)
             return True
 
     def next_delay(self) -> float:

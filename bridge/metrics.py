@@ -58,6 +58,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("airflow_bridge_refresh_last_success_timestamp_seconds", "gauge",
                "End time of the latest successful refresh cycle, in Unix seconds.",
                ("refresh_job",)),
+    MetricSpec("airflow_bridge_xcom_decode_errors_total", "counter",
+               "XCom values that could not be used for a business metric, by reason; the "
+               "value was skipped, never served.", ("metric", "reason")),
     MetricSpec("airflow_bridge_series_dropped_total", "counter",
                "Series left out of /metrics by the max_series cap, added up at every refresh."),
     MetricSpec("airflow_bridge_build_info", "gauge",

@@ -95,6 +95,18 @@ class FailedTry:
 
 
 @dataclass(frozen=True)
+class StoredXcom:
+    """One xcom row; `value` is None when the row is larger than the size limit."""
+
+    dag_run_id: int
+    task_id: str
+    map_index: int
+    key: str
+    size: int
+    value: object
+
+
+@dataclass(frozen=True)
 class CurrentState:
     """Small tables read whole each cycle: pools, heartbeats, DAG flags, import errors."""
 
@@ -261,6 +273,25 @@ class Reader:
                 {"dags": [k[0] for k in chunk], "tasks": [k[1] for k in chunk],
                  "runs": [k[2] for k in chunk], "maps": [k[3] for k in chunk]})
             found += [FailedTry(**row._mapping) for row in rows]
+        return found
+
+    def xcoms(self, run_ids: Sequence[int], task_ids: Sequence[str], keys: Sequence[str],
+              max_bytes: int) -> list[StoredXcom]:
+        """The wanted XComs of the given runs, by the (dag_run_id, ...) primary key.
+
+        Values over `max_bytes` are not transferred; their size is.
+        """
+        # bytea (2.x) is measured as is; jsonb (3.x) by its text form.
+        size = "octet_length(value::text)" if self.schema.major >= 3 else "octet_length(value)"
+        found: list[StoredXcom] = []
+        for start in range(0, len(run_ids), CHUNK):
+            rows = self.execute(
+                f"SELECT dag_run_id, task_id, map_index, key, coalesce({size}, 0) AS size, "
+                f"CASE WHEN {size} <= :max THEN value END AS value FROM xcom "
+                "WHERE dag_run_id = ANY(:ids) AND task_id = ANY(:tasks) AND key = ANY(:keys)",
+                {"ids": list(run_ids[start:start + CHUNK]), "tasks": list(task_ids),
+                 "keys": list(keys), "max": max_bytes})
+            found += [StoredXcom(**row._mapping) for row in rows]
         return found
 
     def current_state(self) -> CurrentState:

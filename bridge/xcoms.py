@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from typing import Final, Literal
 
 Reason = Literal["missing", "too_large", "pickled", "invalid_utf8", "invalid_json",
-                 "path_not_found", "not_numeric", "not_finite", "not_a_string"]
+                 "path_not_found", "not_numeric", "not_finite", "not_a_string", "negative"]
 REASONS: Final[tuple[Reason, ...]] = (
     "missing", "too_large", "pickled", "invalid_utf8", "invalid_json",
     "path_not_found", "not_numeric", "not_finite", "not_a_string",
+    "negative",  # a counter only adds: a negative value would make it go down
 )
 
 PICKLE_PROTO = 0x80  # first byte of every pickle of protocol 2 or later

@@ -1,0 +1,123 @@
+"""Business metrics: the numbers tasks push as XComs, and task states, as users declared.
+
+Values are read only for DAG runs that finished in this cycle (the run's fold is the
+exactly-once key), only the configured (run, task, key) XComs, by the xcom primary key.
+A value that cannot be used is counted in `airflow_bridge_xcom_decode_errors_total` and
+logged once; it is never served. Every value is also kept per run in `business_value`,
+so its history can be queried after Airflow purged its own rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import xcoms
+from bridge.cache import CacheTransaction, Labels, business_value, encode_labels, utc_naive
+from bridge.config import Settings
+from bridge.dag_runs import DagRunCycle
+from bridge.definitions import MAP_INDEX_LABEL, MetricDefinition
+from bridge.source import DagRun, Reader, StoredXcom, TaskInstance
+
+log = logging.getLogger(__name__)
+
+DECODE_ERRORS = "airflow_bridge_xcom_decode_errors_total"
+
+
+@dataclass(frozen=True)
+class BusinessCycle:
+    values: int
+    errors: int
+
+
+class BusinessJob:
+    def __init__(self, settings: Settings) -> None:
+        self.max_bytes = settings.xcom_max_bytes
+        self.xcom_metrics = [d for d in settings.definitions if d.source == "xcom"]
+        self.state_metrics = [d for d in settings.definitions if d.source == "task_state"]
+
+    def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunCycle,
+            finished_tasks: tuple[TaskInstance, ...]) -> BusinessCycle:
+        values = errors = 0
+        for definition in self.state_metrics:
+            for ti in finished_tasks:
+                if (ti.dag_id, ti.task_id) == (definition.dag_id, definition.task_id):
+                    label = (str(definition.value_label), str(ti.state))
+                    tx.add(definition.name, tuple(sorted((*definition.labels, label))))
+                    values += 1
+        if not self.xcom_metrics:
+            return BusinessCycle(values, errors)
+        dags = {d.dag_id for d in self.xcom_metrics}
+        finished = [run for run in runs.finished_runs if run.dag_id in dags]
+        stored: dict[tuple[int, str, str], list[StoredXcom]] = defaultdict(list)
+        if finished:
+            for row in reader.xcoms([run.id for run in finished],
+                                    sorted({d.task_id for d in self.xcom_metrics}),
+                                    sorted({d.key for d in self.xcom_metrics}), self.max_bytes):
+                stored[(row.dag_run_id, row.task_id, row.key)].append(row)
+        for run in finished:
+            for definition in self.xcom_metrics:
+                if definition.dag_id != run.dag_id:
+                    continue
+                rows = sorted(stored.get((run.id, definition.task_id, definition.key), []),
+                              key=lambda row: row.map_index)
+                samples, failures = self._samples(definition, rows)
+                for reason in failures:
+                    errors += 1
+                    tx.add(DECODE_ERRORS, (("metric", definition.name), ("reason", reason)))
+                    log.warning("%s: no value from %s.%s key %r of run %s: %s", definition.name,
+                                run.dag_id, definition.task_id, definition.key, run.run_id,
+                                reason)
+                for labels, value in samples:
+                    self._fold(tx, definition, run, labels, value)
+                    values += 1
+        return BusinessCycle(values, errors)
+
+    def _samples(self, definition: MetricDefinition,
+                 rows: list[StoredXcom]) -> tuple[list[tuple[Labels, float]], list[str]]:
+        """(labels, value) pairs for one run, and the reasons of values that failed."""
+        if not rows:
+            return [], ["missing"]
+        if definition.mapped == "last":
+            rows = rows[-1:]
+        failures: list[str] = []
+        samples: list[tuple[Labels, float]] = []
+        for row in rows:
+            try:
+                value = xcoms.extract(xcoms.decode(row.value, self.max_bytes, row.size),
+                                      definition.path)
+                labels = list(definition.labels)
+                if definition.value_label is not None:
+                    labels.append((definition.value_label, xcoms.to_label(value)))
+                    number = 1.0
+                else:
+                    number = xcoms.to_number(value)
+                    if definition.kind == "counter" and number < 0:
+                        raise xcoms.XcomValueError("negative")
+                if definition.mapped == "each" and row.map_index >= 0:
+                    labels.append((MAP_INDEX_LABEL, str(row.map_index)))
+            except xcoms.XcomValueError as exc:
+                failures.append(exc.reason)
+                continue
+            samples.append((tuple(sorted(labels)), number))
+        if definition.mapped == "sum" and definition.value_label is None and len(samples) > 1:
+            samples = [(samples[0][0], sum(value for _, value in samples))]
+        return samples, failures
+
+    @staticmethod
+    def _fold(tx: CacheTransaction, definition: MetricDefinition, run: DagRun, labels: Labels,
+              value: float) -> None:
+        end = utc_naive(run.end_date)
+        as_of = end or utc_naive(run.start_date) or utc_naive(run.logical_date)
+        if definition.kind == "counter":
+            tx.add(definition.name, labels, value)
+        elif as_of is not None:
+            tx.latest(definition.name, labels, value, as_of)
+        row: dict[str, Any] = {
+            "dag_run_id": run.id, "end_key": end.isoformat() if end else "none",
+            "metric": definition.name, "labels": encode_labels(labels), "dag_id": run.dag_id,
+            "run_id": run.run_id, "logical_date": utc_naive(run.logical_date), "end_date": end,
+            "value": value}
+        tx.claim(business_value, [row])
