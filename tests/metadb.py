@@ -8,11 +8,13 @@ clear_number + 1; `db clean` deletes old rows (task instances cascade).
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -254,3 +256,18 @@ class TaskWriter:
     def import_error(self, filename: str, at: datetime) -> None:
         self.conn.execute("INSERT INTO import_error (timestamp, filename, stacktrace) "
                           "VALUES (%s, %s, 'Traceback ...')", (at, filename))
+
+
+def push_xcom(tasks: TaskWriter, run: int, task_id: str, value: object, *,
+              map_index: int = -1, key: str = "return_value", raw: bytes | None = None) -> None:
+    """An XCom as Airflow stores it: JSON text in bytea (2.x; `raw` bytes as given, e.g. a
+    pickle) or jsonb (3.x). The task instance must exist (foreign key)."""
+    dag_id, run_id = tasks._run(run)
+    if tasks.af.v3:
+        stored: object = Jsonb(value)
+    else:
+        stored = raw if raw is not None else json.dumps(value).encode()
+    tasks.conn.execute(
+        "INSERT INTO xcom (dag_run_id, task_id, map_index, key, dag_id, run_id, value, "
+        "timestamp) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (run, task_id, map_index, key, dag_id, run_id, stored, T0))
