@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from prometheus_client import generate_latest
@@ -80,10 +80,6 @@ def _wire(settings: config.Settings) -> tuple[Cache, Source, SnapshotCollector, 
 
 
 def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
-    log.info("airflow-metrics-bridge %s, config: %s", __version__, settings.redacted())
-    cache, source, collector, refresher = _wire(settings)
-    server = HttpServer(settings.listen_host, settings.listen_port,
-                        make_app(collector, refresher.ready.is_set, __version__))
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -92,8 +88,21 @@ def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    serve(settings, stop)
+    return EXIT_OK
+
+
+def serve(settings: config.Settings, stop: threading.Event,
+          started: Callable[[int], None] | None = None) -> None:
+    """Refresh on a schedule and serve HTTP until `stop` is set; `started` gets the port."""
+    log.info("airflow-metrics-bridge %s, config: %s", __version__, settings.redacted())
+    cache, source, collector, refresher = _wire(settings)
+    server = HttpServer(settings.listen_host, settings.listen_port,
+                        make_app(collector, refresher.ready.is_set, __version__))
     server.start()
     log.info("serving http://%s:%d/metrics", settings.listen_host, server.port)
+    if started is not None:
+        started(server.port)
     schedule = Schedule(refresher)
     schedule.start()
     stop.wait()
@@ -102,7 +111,6 @@ def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
     source.dispose()
     cache.dispose()
     log.info("stopped")
-    return EXIT_OK
 
 
 def cmd_refresh(args: argparse.Namespace, settings: config.Settings) -> int:
