@@ -107,8 +107,9 @@ def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
     """A large history written set-based, so the planner has a real choice.
 
     dag_run rows (10 % failed), `tasks_per_run` task instances per run (the first try of
-    every third task failed and was retried, archived in task_instance_history), and
-    `jobs` old LocalTaskJob rows; the newest `active` runs are left running.
+    every third task failed and was retried, archived in task_instance_history; task_1
+    pushes an XCom `{"rows": n}`), and `jobs` old LocalTaskJob rows; the newest `active`
+    runs are left running.
     """
     date_column = af.date_column
     extra_cols, extra_vals = ("run_after, ", "t, ") if af.v3 else ("", "")
@@ -146,8 +147,16 @@ def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
                    start_date, end_date
             FROM task_instance WHERE try_number = 2
         """)
-        af.conn.execute("ANALYZE task_instance")
-        af.conn.execute("ANALYZE task_instance_history")
+        value = ("jsonb_build_object('rows', length(r.run_id))" if af.v3 else
+                 "convert_to('{\"rows\": ' || length(r.run_id) || '}', 'UTF8')")
+        af.conn.execute(f"""
+            INSERT INTO xcom (dag_run_id, task_id, map_index, key, dag_id, run_id, value,
+                              timestamp)
+            SELECT r.id, 'task_1', -1, 'return_value', r.dag_id, r.run_id, {value}, r.start_date
+            FROM dag_run r
+        """)
+        for table in ("task_instance", "task_instance_history", "xcom"):
+            af.conn.execute(f"ANALYZE {table}")
     if jobs:
         af.conn.execute(f"""
             INSERT INTO job (dag_id, state, job_type, start_date, end_date, latest_heartbeat,

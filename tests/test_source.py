@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, text
 
 from bridge import config
@@ -82,9 +84,14 @@ def _seq_scans(plan: dict[str, Any]) -> list[str]:
 
 def test_every_statement_of_a_cycle_uses_indexes(airflow_db: AirflowDb,
                                                  monkeypatch: pytest.MonkeyPatch,
-                                                 make_bridge: BridgeFactory) -> None:
+                                                 make_bridge: BridgeFactory,
+                                                 tmp_path: Path) -> None:
     fill_history(airflow_db.writer, runs_per_dag=500, tasks_per_run=4, jobs=50_000)
-    bridge = make_bridge(airflow_db.url, lookback="7d")
+    metrics_file = tmp_path / "metrics.yaml"
+    metrics_file.write_text(yaml.safe_dump({"metrics": [
+        {"name": "rows_total", "help": "rows", "type": "counter", "dag_id": "dag_100",
+         "task_id": "task_1", "path": "rows"}]}))
+    bridge = make_bridge(airflow_db.url, lookback="7d", metrics_file=str(metrics_file))
     recorded: list[tuple[str, dict[str, Any]]] = []
     original = Reader.execute
 
@@ -106,7 +113,8 @@ def test_every_statement_of_a_cycle_uses_indexes(airflow_db: AirflowDb,
     assert scrape.value("airflow_task_instance_retries_total", dag_id="dag_100",
                         task_id="task_3") == 50
     tables = {table for sql, _ in recorded for table in BIG_TABLES if f" {table} " in sql + " "}
-    assert tables == BIG_TABLES - {"xcom"}, tables
+    assert scrape.value("rows_total") == sum(len(f"scheduled__{n}") for n in range(451, 501))
+    assert tables == BIG_TABLES, tables
 
     engine = create_engine(airflow_db.url)
     with engine.connect() as conn:
