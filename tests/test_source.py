@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +21,7 @@ from sqlalchemy import create_engine, text
 from bridge import config
 from bridge.source import Reader, Source, SourceError, detect_schema, write_privileges
 from tests.conftest import AirflowDb, BridgeFactory
-from tests.metadb import fill_history
+from tests.metadb import T0, fill_history
 from tests.postgres import Postgres
 
 BIG_TABLES = {"dag_run", "task_instance", "task_instance_history", "xcom", "job"}
@@ -123,3 +131,74 @@ def test_every_statement_of_a_cycle_uses_indexes(airflow_db: AirflowDb,
             tree = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
             assert not _seq_scans(tree), f"sequential scan in: {sql} {params}"
     engine.dispose()
+
+
+@pytest.fixture
+def pgbouncer(airflow_db: AirflowDb) -> Iterator[Any]:
+    """A real PgBouncer in transaction mode in front of the test database."""
+    binary = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+    if binary is None:
+        if os.environ.get("BRIDGE_REQUIRE_TOOLS") == "1":
+            pytest.fail("pgbouncer is required (install the pgbouncer package)")
+        pytest.skip("pgbouncer not installed")
+    url = airflow_db.url
+    host = url.host or str(url.query["host"])
+    port = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="amb-pgbouncer-"))  # readable by its own user
+    workdir.chmod(0o755)
+    config = workdir / "pgbouncer.ini"
+    config.write_text(
+        "[databases]\n"
+        f"airflow = host={host} port={url.port or 5432} dbname={url.database} "
+        f"user={url.username}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {workdir / 'users.txt'}\n"
+        "pool_mode = transaction\n")
+    (workdir / "users.txt").write_text(f'"{url.username}" ""\n')
+    # As root it must switch user: to the embedded server's own (for its socket) or postgres.
+    owner = Path(host).owner() if host.startswith("/") else "postgres"
+    user = ["-u", owner] if os.geteuid() == 0 else []
+    process = subprocess.Popen([binary, *user, str(config)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, "pgbouncer did not start"
+        time.sleep(0.05)
+    yield url.set(host="127.0.0.1", port=port, database="airflow", query={})
+    process.terminate()
+    process.wait(timeout=10)
+    shutil.rmtree(workdir)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_works_through_pgbouncer_in_transaction_mode(
+        airflow_db: AirflowDb, pgbouncer: Any, make_bridge: BridgeFactory) -> None:
+    airflow_db.writer.complete_run("etl", logical_date=T0)
+    bridge = make_bridge(pgbouncer)
+    for expected in (1, 2):
+        scrape = bridge.cycle()
+        assert scrape.value("airflow_dag_run_finished_total", dag_id="etl", state="success",
+                            run_type="scheduled") == expected
+        airflow_db.writer.complete_run("etl", logical_date=T0 + timedelta(days=expected))
+    source = Source(_settings_for(pgbouncer))
+    with source.reading() as reader:
+        row = reader.execute("SELECT current_setting('transaction_read_only'), "
+                             "current_setting('statement_timeout')")[0]
+    source.dispose()
+    assert tuple(row) == ("on", "30s"), "per-transaction settings hold behind the pooler"
+
+
+def _settings_for(url: Any) -> config.Settings:
+    return config.load(None, {"BRIDGE_AIRFLOW_DB_URL": url.render_as_string(False)})
