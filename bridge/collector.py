@@ -21,6 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from bridge.cache import Aggregates, HistogramValue, Labels
@@ -87,6 +88,7 @@ class View:
 
 
 EMPTY = Aggregates({}, {}, {})
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 Series = dict[Labels, Any]  # labels -> float, or HistogramValue for histograms
 
 
@@ -231,11 +233,20 @@ class SnapshotCollector(Collector):
         self._rendered: dict[str, bytes] = {}
 
     def publish(self, snapshot: Snapshot) -> int:
-        """Make `snapshot` what scrapes see; returns the number of series left out."""
+        """Make `snapshot` what scrapes see; returns the number of series left out.
+
+        Both exposition formats are rendered here, in the refresh thread, so that no
+        scrape pays for rendering.
+        """
         families, dropped = build_families(snapshot, self.view)
+        frozen = tuple(families)
+        rendered = {}
+        for accept in ("", OPENMETRICS):
+            encoder, content_type = choose_encoder(accept)
+            rendered[content_type] = encoder(_Frozen(frozen))
         with self._lock:
-            self._families = tuple(families)
-            self._rendered = {}
+            self._families = frozen
+            self._rendered = rendered
         return dropped
 
     def rendered(self, key: str, render: Callable[[Collector], bytes]) -> bytes:
