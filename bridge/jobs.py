@@ -25,7 +25,7 @@ from bridge.cache import Aggregates, Cache, now_utc
 from bridge.collector import EMPTY, Health, Live, Snapshot, SnapshotCollector
 from bridge.config import Settings
 from bridge.dag_runs import DagRunCycle, DagRunJob
-from bridge.source import SchemaError, Source, SourceError
+from bridge.source import SchemaError, Source, SourceError, first_line
 from bridge.task_instances import TaskInstanceJob
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Refresher:
                 self._refreshes[(job, "error")] += 1
                 self._durations[job] = time.perf_counter() - started
                 log.warning("refresh %s failed (%s, attempt %d), serving the last good values: %s",
-                            job, where, self.failures, _one_line(exc))
+                            job, where, self.failures, first_line(exc))
                 self._publish(metadb_up=not source_down and self._health.metadb_up)
                 return False
             elapsed = time.perf_counter() - started
@@ -164,8 +164,3 @@ class Schedule:
     def stop(self) -> None:
         """Wait for a running cycle to finish (it commits whole or not at all)."""
         self.scheduler.shutdown(wait=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

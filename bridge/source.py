@@ -215,7 +215,7 @@ class Reader:
         try:
             rows = list(self.conn.execute(text(sql), params or {}))
         except SQLAlchemyError as exc:
-            raise SourceError(_first_line(exc)) from exc
+            raise SourceError(first_line(exc)) from exc
         self.rows_read += len(rows)
         return rows
 
@@ -355,7 +355,7 @@ class Source:
                 with self.engine.connect() as conn:
                     self._schema = detect_schema(conn)
             except SQLAlchemyError as exc:
-                raise SourceError(_first_line(exc)) from exc
+                raise SourceError(first_line(exc)) from exc
         return self._schema
 
     @contextmanager
@@ -367,7 +367,7 @@ class Source:
                 isolation_level="REPEATABLE READ", postgresql_readonly=True)
             transaction = conn.begin()
         except SQLAlchemyError as exc:
-            raise SourceError(_first_line(exc)) from exc
+            raise SourceError(first_line(exc)) from exc
         with conn, transaction:
             reader = Reader(conn, schema)
             reader.execute(
@@ -383,7 +383,7 @@ class Source:
         self.engine.dispose()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The driver's message without SQL text or parameters (which may be long)."""
     text_value = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return text_value[0] if text_value else type(exc).__name__
