@@ -34,6 +34,7 @@ from bridge.cache import (
     metric_latest,
 )
 from bridge.config import parse_duration, redact_url
+from bridge.source import first_line
 
 REPORTS = ("dags", "business")
 FORMATS = ("table", "csv", "json")
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace, cache_url: URL, out: TextIO, now: datetime) ->
             else:
                 report = business_latest(conn, None if since is None else start, args.dag)
     except SQLAlchemyError as exc:
-        print(f"report: cannot read the cache {redact_url(cache_url)}: {_first_line(exc)} "
+        print(f"report: cannot read the cache {redact_url(cache_url)}: {first_line(exc)} "
               "(is it migrated? `airflow-metrics-bridge migrate`)", file=sys.stderr)
         return EXIT_FAILED
     finally:
@@ -325,8 +326,3 @@ def _missing_sqlite_file(url: URL) -> str | None:
     if database.startswith("file:") or Path(database).exists():
         return None
     return f"no cache database at {database} (check cache.url / BRIDGE_CACHE_URL)"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
