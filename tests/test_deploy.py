@@ -162,9 +162,11 @@ def test_bridge_service() -> None:
         "BRIDGE_AIRFLOW_DB_URL_FILE": "/run/secrets/bridge_db_url",
         "BRIDGE_LISTEN_ADDRESS": "0.0.0.0:9101",
         "BRIDGE_CACHE_URL": "sqlite:////var/lib/bridge/cache.db",
+        "BRIDGE_METRICS_FILE": "/etc/bridge/metrics.yaml",
     }
     assert secret_names(bridge) == {"bridge_db_url"}
     volumes = bridge["volumes"]
+    assert "./bridge/metrics.yaml:/etc/bridge/metrics.yaml:ro" in volumes
     assert any(v.split(":")[1] == "/var/lib/bridge" and not v.startswith((".", "/"))
                for v in volumes), f"cache must be on a named volume: {volumes}"
     deps = bridge["depends_on"]
