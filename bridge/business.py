@@ -63,6 +63,8 @@ class BusinessJob:
                     continue
                 rows = sorted(stored.get((run.id, definition.task_id, definition.key), []),
                               key=lambda row: row.map_index)
+                if not rows and run.state != "success":
+                    continue  # a failed run's tasks may never have pushed: not an error
                 samples, failures = self._samples(definition, rows)
                 for reason in failures:
                     errors += 1

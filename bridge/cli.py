@@ -1,4 +1,4 @@
-"""Command line: serve | refresh --once | migrate | check."""
+"""Command line: serve | refresh --once | migrate | check | report | demo."""
 
 from __future__ import annotations
 
@@ -8,17 +8,25 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from types import FrameType
 
 from prometheus_client import generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import __version__, config
+from bridge import __version__, config, demo, report
 from bridge.cache import Cache
 from bridge.collector import SnapshotCollector, View
 from bridge.jobs import Refresher, Schedule
 from bridge.server import HttpServer, make_app
-from bridge.source import SchemaError, Source, SourceError, detect_schema, write_privileges
+from bridge.source import (
+    SchemaError,
+    Source,
+    SourceError,
+    detect_schema,
+    first_line,
+    write_privileges,
+)
 
 log = logging.getLogger("bridge")
 
@@ -65,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", parents=[common], help="validate the config and both "
                                 "databases, then exit")
     check.set_defaults(func=cmd_check)
+    report_parser = commands.add_parser("report", parents=[common], help="reports from the "
+                                        "cache alone: DAG runs per day, business metrics")
+    report.add_arguments(report_parser)
+    report_parser.set_defaults(func=cmd_report)
+    demo_parser = commands.add_parser("demo", help="start a live demo: embedded PostgreSQL "
+                                      "with a simulated bike pipeline, and the bridge")
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -146,7 +162,7 @@ def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
                  "migrates on start)"))
     except SQLAlchemyError as exc:
         problems += 1
-        print(f"cache: {cache_url} NOT reachable: {_first_line(exc)}")
+        print(f"cache: {cache_url} NOT reachable: {first_line(exc)}")
     finally:
         cache.dispose()
 
@@ -168,7 +184,7 @@ def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
             print("airflow: role is read-only: OK")
     except (SQLAlchemyError, SourceError) as exc:
         problems += 1
-        print(f"airflow: {airflow_url} NOT reachable: {_first_line(exc)}")
+        print(f"airflow: {airflow_url} NOT reachable: {first_line(exc)}")
     except SchemaError as exc:
         problems += 1
         print(f"airflow: {airflow_url}: {exc}")
@@ -178,9 +194,12 @@ def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
     return EXIT_OK if not problems else EXIT_FAILED
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+def cmd_report(args: argparse.Namespace, settings: config.Settings) -> int:
+    return report.run(args, settings.cache_url, sys.stdout, datetime.now(UTC))
+
+
+def cmd_demo(args: argparse.Namespace, _settings: config.Settings) -> int:
+    return demo.run(args)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,11 @@ def test_hostile_values_are_counted_and_never_served(airflow_db: AirflowDb,
     assert served == {"good_total": 5, "numeric_text_total": 12.5, "boolean_total": 1}
     assert not any(math.isnan(v) for v in scrape.samples.values())
     assert bridge.cycle().series(ERRORS) == expected_errors, "counted once per finished run"
+    failed = airflow_db.writer.complete_run("pipe", logical_date=T0 + timedelta(days=3),
+                                            state="failed")
+    assert failed
+    assert bridge.cycle().series(ERRORS) == expected_errors, \
+        "a failed run's tasks may not have pushed: no 'missing' errors for it"
 
 
 def test_counters_sum_gauges_take_the_latest_run_and_mapped_tasks_combine(

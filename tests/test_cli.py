@@ -105,6 +105,12 @@ def test_migrate_then_refresh_once_prints_valid_metrics(airflow_db: AirflowDb,
     assert "# HELP airflow_dag_runs DAG runs queued or running now. Refreshed every 30s" \
         in result.stdout
     _promtool_check_metrics(result.stdout)
+    report = run_cli("report", "dags", "--since", "2026-10-01", "--format", "csv", env=env,
+                     cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.splitlines() == [
+        "day,dag_id,runs,failed,success_rate,p50_seconds,p95_seconds",
+        "2026-11-01,etl,2,1,0.5,300,300"]
 
 
 def _promtool_check_metrics(text: str) -> None:
