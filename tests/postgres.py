@@ -7,15 +7,15 @@ fixtures that `airflow db migrate` produced; each test gets a fresh copy.
 from __future__ import annotations
 
 import os
-import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from sqlalchemy.engine import URL, make_url
+
+from bridge.demo import load_dump
 
 FIXTURES = Path(__file__).parent / "fixtures" / "airflow"
 AIRFLOW_VERSIONS = ("2.10.5", "3.3.2")
@@ -74,39 +74,5 @@ def load_airflow_schema(pg: Postgres, version: str) -> str:
     name = template_name(version)
     pg.create_database(name)
     with psycopg.connect(pg.libpq(name), autocommit=True) as conn:
-        run_sql_file(conn, FIXTURES / f"airflow-{version}.sql")
+        load_dump(conn, FIXTURES / f"airflow-{version}.sql")
     return name
-
-
-_COPY = re.compile(r"^COPY .* FROM stdin;$")
-
-
-def run_sql_file(conn: psycopg.Connection[Any], path: Path) -> None:
-    """Execute a pg_dump plain-text file: SQL chunks as they are, COPY blocks via COPY."""
-    for kind, text in _segments(path.read_text(encoding="utf-8")):
-        if kind == "sql":
-            if text.strip():
-                conn.execute(text.encode())
-        else:
-            statement, _, data = text.partition("\n")
-            with conn.cursor() as cur, cur.copy(statement.encode()) as copy:
-                if data:
-                    copy.write(data)
-
-
-def _segments(dump: str) -> Iterator[tuple[str, str]]:
-    chunk: list[str] = []
-    lines = iter(dump.splitlines())
-    for line in lines:
-        if _COPY.match(line):
-            yield "sql", "\n".join(chunk)
-            chunk = []
-            data = [line]
-            for row in lines:
-                if row == "\\.":
-                    break
-                data.append(row)
-            yield "copy", "\n".join(data) + ("\n" if len(data) > 1 else "")
-        elif not line.startswith("\\"):
-            chunk.append(line)
-    yield "sql", "\n".join(chunk)

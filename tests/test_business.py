@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bridge.demo import load_dump
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, TaskWriter, push_xcom
-from tests.postgres import FIXTURES, run_sql_file
+from tests.postgres import FIXTURES
 
 BIKE_METRICS = Path(__file__).parent.parent / "deploy" / "bridge" / "metrics.yaml"
 ERRORS = "airflow_bridge_xcom_decode_errors_total"
@@ -42,7 +43,7 @@ def bike_samples(scrape: Scrape) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 
 def test_bike_metrics_from_xcoms_captured_from_real_airflow(
         airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
-    run_sql_file(airflow_db.writer.conn, FIXTURES / f"capture-{airflow_db.version}.sql")
+    load_dump(airflow_db.writer.conn, FIXTURES / f"capture-{airflow_db.version}.sql")
     bridge = make_bridge(airflow_db.url, metrics_file=str(BIKE_METRICS))
     scrape = bridge.cycle()
     assert bike_samples(scrape) == BIKE_EXPECTED

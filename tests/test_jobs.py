@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from bridge.demo import load_dump
 from bridge.jobs import Schedule
 from tests import postgres
 from tests.conftest import BridgeFactory, BridgeUnderTest
@@ -30,7 +31,7 @@ def own_postgres() -> Iterator[tuple[Any, str]]:
     pg = postgres.Postgres(make_url(server.get_uri()), server)
     pg.create_database("airflow")
     with psycopg.connect(pg.libpq("airflow"), autocommit=True) as conn:
-        postgres.run_sql_file(conn, postgres.FIXTURES / "airflow-2.10.5.sql")
+        load_dump(conn, postgres.FIXTURES / "airflow-2.10.5.sql")
     yield server, pg.libpq("airflow")
     server.start()  # leave it running for the next test, whatever happened
     pg.drop_database("airflow")

@@ -42,9 +42,10 @@ from typing import Any
 import pytest
 import yaml
 
+from bridge.demo import load_dump
 from tests.conftest import AirflowDb
 from tests.metadb import AirflowWriter, TaskWriter, push_xcom
-from tests.postgres import FIXTURES, run_sql_file
+from tests.postgres import FIXTURES
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
@@ -347,7 +348,7 @@ def bike_run(stack: Stack, dag_id: str, logical: datetime, xcoms: dict[str, obje
 def seed_before_start(stack: Stack) -> None:
     """History and current state, so that every series exists before the first scrape."""
     writer, tasks = stack.writer, stack.tasks
-    run_sql_file(writer.conn, FIXTURES / "capture-3.3.2.sql")
+    load_dump(writer.conn, FIXTURES / "capture-3.3.2.sql")
     writer.conn.execute("RESET search_path")  # the pg_dump file empties it
     now = datetime.now(UTC)
     tasks.pool("etl_pool", 1)

@@ -6,9 +6,10 @@ from datetime import timedelta
 
 import pytest
 
+from bridge.demo import load_dump
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, TaskWriter
-from tests.postgres import FIXTURES, run_sql_file
+from tests.postgres import FIXTURES
 
 TI_FINISHED = "airflow_task_instance_finished_total"
 RETRIES = "airflow_task_instance_retries_total"
@@ -199,7 +200,7 @@ def test_heartbeats_paused_dags_and_import_errors(airflow_db: AirflowDb, tasks: 
 
 def test_runs_captured_from_real_airflow(airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
     """`airflow dags test` runs of the example DAGs, as real Airflow wrote them."""
-    run_sql_file(airflow_db.writer.conn, FIXTURES / f"capture-{airflow_db.version}.sql")
+    load_dump(airflow_db.writer.conn, FIXTURES / f"capture-{airflow_db.version}.sql")
     scrape = make_bridge(airflow_db.url).cycle()
     v3 = airflow_db.version.startswith("3.")
     for dag_id in ("daily_fetch_bike_data", "daily_prediction", "monitor_and_fine_tune"):
