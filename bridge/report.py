@@ -138,7 +138,7 @@ def dags_report(conn: Connection, start: datetime, patterns: Sequence[str]) -> R
         succeeded = sum(1 for state, _ in finished if state == "success")
         rows.append((day, dag_id, len(finished),
                      sum(1 for state, _ in finished if state == "failed"),
-                     succeeded / len(finished), percentile(durations, 0.5),
+                     round(succeeded / len(finished), 3), percentile(durations, 0.5),
                      percentile(durations, 0.95)))
     return Report(DAG_COLUMNS, tuple(rows))
 
@@ -252,7 +252,7 @@ def _table_cell(cell: Cell) -> str:
     if cell is None or (isinstance(cell, Mapping) and not cell):
         return "-"
     if isinstance(cell, float):
-        text = f"{cell:.3f}".rstrip("0").rstrip(".")
+        text = f"{cell:.6g}"  # significant digits: a -0.0053 delta must not read -0.005
         return "0" if text == "-0" else text
     return _csv_cell(cell)
 

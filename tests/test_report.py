@@ -125,7 +125,7 @@ day         dag_id      runs  failed  success_rate  p50_seconds  p95_seconds
 """
 DAGS_CSV = """\
 day,dag_id,runs,failed,success_rate,p50_seconds,p95_seconds
-2026-11-08,etl_orders,3,1,0.6666666666666666,120,282
+2026-11-08,etl_orders,3,1,0.667,120,282
 2026-11-08,reporting,1,0,1,,
 2026-11-09,etl_orders,2,0,1,60,60
 2026-11-09,etl_users,1,1,0,30,30
@@ -138,7 +138,7 @@ DAGS_JSON = """\
     "dag_id": "etl_orders",
     "runs": 3,
     "failed": 1,
-    "success_rate": 0.6666666666666666,
+    "success_rate": 0.667,
     "p50_seconds": 120.0,
     "p95_seconds": 282.0
   },
