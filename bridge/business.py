@@ -19,11 +19,13 @@ from bridge.cache import CacheTransaction, Labels, business_value, encode_labels
 from bridge.config import Settings
 from bridge.dag_runs import DagRunCycle
 from bridge.definitions import MAP_INDEX_LABEL, MetricDefinition
-from bridge.source import DagRun, Reader, StoredXcom, TaskInstance
+from bridge.source import DagRun, Reader, StoredXcom
+from bridge.task_instances import TaskInstanceCycle
 
 log = logging.getLogger(__name__)
 
 DECODE_ERRORS = "airflow_bridge_xcom_decode_errors_total"
+NOT_RUN_STATES = ("skipped", "upstream_failed", "removed")
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,10 @@ class BusinessJob:
         self.state_metrics = [d for d in settings.definitions if d.source == "task_state"]
 
     def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunCycle,
-            finished_tasks: tuple[TaskInstance, ...]) -> BusinessCycle:
+            tasks: TaskInstanceCycle) -> BusinessCycle:
         values = errors = 0
         for definition in self.state_metrics:
-            for ti in finished_tasks:
+            for ti in tasks.finished:
                 if (ti.dag_id, ti.task_id) == (definition.dag_id, definition.task_id):
                     label = (str(definition.value_label), str(ti.state))
                     tx.add(definition.name, tuple(sorted((*definition.labels, label))))
@@ -57,14 +59,17 @@ class BusinessJob:
                                     sorted({d.task_id for d in self.xcom_metrics}),
                                     sorted({d.key for d in self.xcom_metrics}), self.max_bytes):
                 stored[(row.dag_run_id, row.task_id, row.key)].append(row)
+        not_run = {(ti.dag_id, ti.run_id, ti.task_id) for ti in tasks.instances
+                   if ti.state in NOT_RUN_STATES}
         for run in finished:
             for definition in self.xcom_metrics:
                 if definition.dag_id != run.dag_id:
                     continue
                 rows = sorted(stored.get((run.id, definition.task_id, definition.key), []),
                               key=lambda row: row.map_index)
-                if not rows and run.state != "success":
-                    continue  # a failed run's tasks may never have pushed: not an error
+                if not rows and (run.state != "success" or
+                                 (run.dag_id, run.run_id, definition.task_id) in not_run):
+                    continue  # the task did not run (failed run, skipped branch): no error
                 samples, failures = self._samples(definition, rows)
                 for reason in failures:
                     errors += 1
@@ -104,9 +109,12 @@ class BusinessJob:
                 failures.append(exc.reason)
                 continue
             samples.append((tuple(sorted(labels)), number))
-        if definition.mapped == "sum" and definition.value_label is None and len(samples) > 1:
-            samples = [(samples[0][0], sum(value for _, value in samples))]
-        return samples, failures
+        if definition.mapped == "each":
+            return samples, failures
+        summed: dict[Labels, float] = defaultdict(float)  # mapped instances add up
+        for sample_labels, number in samples:
+            summed[sample_labels] += number
+        return list(summed.items()), failures
 
     @staticmethod
     def _fold(tx: CacheTransaction, definition: MetricDefinition, run: DagRun, labels: Labels,

@@ -37,6 +37,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -217,6 +218,11 @@ class CacheTransaction:
         module: Any = postgresql if self._dialect == "postgresql" else sqlite
         return module.insert(table)
 
+    def lock(self) -> None:
+        """Take the cache's write lock for this transaction (a row lock on PostgreSQL, the
+        database write lock on SQLite) so that refresh cycles never interleave."""
+        self.set_state("cycle.lock", now_utc().isoformat())
+
     # -- small key/value state ------------------------------------------------------------
     def get_state(self, key: str) -> str | None:
         return self.conn.execute(
@@ -258,13 +264,13 @@ class CacheTransaction:
         key rejects this whole cycle rather than letting both count it.
         """
         keys = [column.name for column in table.primary_key.columns]
-        first = table.c[keys[0]]
+        columns = [table.c[k] for k in keys]
         fresh: dict[tuple[Any, ...], dict[str, Any]] = {}
         for start in range(0, len(rows), CLAIM_CHUNK):
             chunk = rows[start:start + CLAIM_CHUNK]
+            wanted = {tuple(row[k] for k in keys) for row in chunk}
             done = {tuple(row) for row in self.conn.execute(
-                select(*(table.c[k] for k in keys))
-                .where(first.in_({row[keys[0]] for row in chunk})))}
+                select(*columns).where(tuple_(*columns).in_(wanted)))}
             for row in chunk:
                 key = tuple(row[k] for k in keys)
                 if key not in done:

@@ -1,12 +1,13 @@
-"""/metrics from memory: metric families are built once per refresh and served as they are.
+"""/metrics from memory: metric families are built and rendered once per refresh.
 
-A scrape only hands over the rendered text of the latest snapshot; it never touches a
+A scrape hands over the rendered bytes of the latest snapshot; it never touches a
 database. Cardinality controls (DAG include/exclude patterns, no task_id label, a cap on
 series) apply here, when a snapshot is built, so the cache always keeps everything.
 """
 
 from __future__ import annotations
 
+import gzip
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -27,10 +28,8 @@ from prometheus_client.registry import Collector
 from bridge.cache import Aggregates, HistogramValue, Labels
 from bridge.config import Settings
 from bridge.metrics import CATALOG, MetricSpec
-from bridge.source import CurrentState
-
-ACTIVE_RUN_STATES = ("queued", "running")
-TASK_STATES = ("scheduled", "queued", "running", "deferred", "up_for_retry", "up_for_reschedule")
+from bridge.source import ACTIVE_RUN_STATES, CurrentState
+from bridge.task_instances import CURRENT_STATES
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,7 @@ class View:
 
 EMPTY = Aggregates({}, {}, {})
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+GZIP = ";gzip"
 Series = dict[Labels, Any]  # labels -> float, or HistogramValue for histograms
 
 
@@ -101,6 +101,8 @@ class _Builder:
 
     def add(self, spec: MetricSpec, series: Series) -> None:
         label_names = spec.labels
+        # Series cached under an earlier definition with other labels are not served.
+        series = {k: v for k, v in series.items() if {n for n, _ in k} == set(label_names)}
         if "dag_id" in label_names:
             series = {k: v for k, v in series.items() if self.view.shows_dag(dict(k)["dag_id"])}
         if "task_id" in label_names and not self.view.task_id_label:
@@ -160,7 +162,7 @@ def _live_series(snapshot: Snapshot) -> dict[str, Series]:
                              for d in dags for s in ACTIVE_RUN_STATES},
         "airflow_task_instances": {(("dag_id", d), ("state", s)):
                                    live.task_instances.get((d, s), 0)
-                                   for d in dags for s in TASK_STATES},
+                                   for d in dags for s in CURRENT_STATES},
     }
     state = live.state
     if state is not None:
@@ -235,15 +237,18 @@ class SnapshotCollector(Collector):
     def publish(self, snapshot: Snapshot) -> int:
         """Make `snapshot` what scrapes see; returns the number of series left out.
 
-        Both exposition formats are rendered here, in the refresh thread, so that no
-        scrape pays for rendering.
+        Both exposition formats, plain and gzipped, are rendered here, in the refresh
+        thread, so that a scrape only hands over bytes. (A format negotiated otherwise,
+        e.g. with another escaping scheme, is rendered by its first scrape and kept.)
         """
         families, dropped = build_families(snapshot, self.view)
         frozen = tuple(families)
         rendered = {}
         for accept in ("", OPENMETRICS):
             encoder, content_type = choose_encoder(accept)
-            rendered[content_type] = encoder(_Frozen(frozen))
+            text = encoder(_Frozen(frozen))
+            rendered[content_type] = text
+            rendered[content_type + GZIP] = gzip.compress(text, compresslevel=1)
         with self._lock:
             self._families = frozen
             self._rendered = rendered

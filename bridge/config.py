@@ -6,6 +6,7 @@ names the file, the key and what to change, and secrets never reach a message.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -201,8 +202,9 @@ class Settings:
 def redact_url(url: URL | str) -> str:
     """A URL fit for logs: the password (also a `password=` query argument) is hidden."""
     parsed = url if isinstance(url, URL) else make_url(url)
-    if "password" in parsed.query:
-        parsed = parsed.update_query_dict({"password": "***"})
+    hidden = {key: "***" for key in parsed.query if "password" in key.lower()}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
     return parsed.render_as_string(hide_password=True).replace("***", SECRET)
 
 
@@ -234,9 +236,11 @@ def _read_file(file_name: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        # Only the position and the problem: the offending line may hold a password.
         where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{file_name}:{line}: not valid YAML: {exc}") from None
+        line = f" line {where.line + 1} column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{file_name}:{line}: not valid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -320,7 +324,8 @@ def _settings(model: ConfigModel, source: str, base: Path | None) -> Settings:
     cache_url = _cache_url(model.cache.url or DEFAULT_CACHE_URL, source)
     host, port = _listen(model.listen_address, source)
     for name, buckets in model.histograms:
-        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0 or \
+                not all(math.isfinite(b) for b in buckets):
             raise ConfigError(f"{source}: histograms.{name}: give positive bucket bounds in "
                               "increasing order, without duplicates")
     histograms = model.histograms
@@ -359,10 +364,14 @@ def _settings(model: ConfigModel, source: str, base: Path | None) -> Settings:
 
 def _parse_url(value: str, key: str, source: str) -> URL:
     try:
-        return make_url(value)
-    except ArgumentError:
+        url = make_url(value)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(f"{source}: {key}: not a database URL; expected e.g. "
                           "postgresql://user@host:5432/airflow") from None
+    if url.host and "@" in url.host:
+        raise ConfigError(f"{source}: {key}: the URL has more than one '@': percent-encode "
+                          "'@' in the user name or password as %40")
+    return url
 
 
 def _source_url(value: str, source: str) -> URL:

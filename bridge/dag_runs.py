@@ -34,7 +34,7 @@ START_DELAY = "airflow_dag_run_start_delay_seconds"
 STATE_HIGH_WATER = "dag_run.high_water_id"
 STATE_GAP_FLOOR = "dag_run.gap_floor_id"
 MAX_GAPS = 10_000
-MAX_PAGES_PER_CYCLE = 20
+MAX_PAGES_PER_CYCLE = 4  # a backfill goes on in the next cycles, a second apart
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,6 @@ class DagRunCycle:
 
     active_runs: tuple[DagRun, ...]
     finished_runs: tuple[DagRun, ...]  # folded in this cycle, each for the first time
-    rows_read: int
-    high_water_id: int
     caught_up: bool  # False while a backfill still has pages to read
 
     @property
@@ -79,7 +77,8 @@ def start_delay(run: DagRun) -> float | None:
     A scheduled run is due at the end of its data interval (Airflow 3: `run_after`);
     other runs are due when they were queued.
     """
-    due = run.run_after or (run.data_interval_end if run.run_type == "scheduled" else None)
+    scheduled = run.run_type == "scheduled"
+    due = (run.run_after or run.data_interval_end) if scheduled else None
     due = due or run.queued_at
     if due is None or run.start_date is None or run.start_date < due:
         return None
@@ -140,8 +139,7 @@ class DagRunJob:
         tx.replace_tracked_runs((r.id, r.dag_id, r.run_id, str(r.state)) for r in active.values())
         tx.replace_id_gaps(gaps)
         tx.set_state(STATE_HIGH_WATER, str(high_water))
-        return DagRunCycle(tuple(active.values()), tuple(finished), reader.rows_read, high_water,
-                           caught_up)
+        return DagRunCycle(tuple(active.values()), tuple(finished), caught_up)
 
     def _high_water(self, reader: Reader, tx: CacheTransaction, now: datetime) -> int:
         stored = tx.get_state(STATE_HIGH_WATER)

@@ -65,27 +65,34 @@ class Refresher:
         self._publish(metadb_up=False)
 
     def refresh(self) -> bool:
-        """One cycle. True when it succeeded; errors are logged, never raised."""
+        """One cycle. True when it succeeded; every error is logged and counted, not raised."""
         with self._lock:
             job = JOB
             started = time.perf_counter()
             try:
-                with self.source.reading() as reader, self.cache.transaction() as tx:
-                    now = self.clock()
-                    cycle = self.dag_runs.run(reader, tx, now)
-                    tasks = self.task_instances.run(reader, tx, cycle, now)
-                    business = self.business.run(reader, tx, cycle, tasks.finished)
-                    state = reader.current_state()
-                    rows_read = reader.rows_read
+                # The cache transaction and its lock come first: cycles of bridges sharing
+                # a cache run one after the other, each on a metadata snapshot taken after
+                # the previous one committed, so none can overwrite newer watermarks.
+                with self.cache.transaction() as tx:
+                    tx.lock()
+                    with self.source.reading() as reader:
+                        now = self.clock()
+                        cycle = self.dag_runs.run(reader, tx, now)
+                        tasks = self.task_instances.run(reader, tx, cycle, now)
+                        business = self.business.run(reader, tx, cycle, tasks)
+                        state = reader.current_state()
+                        rows_read = reader.rows_read
                 self._aggregates = self.cache.aggregates(self._bounds())
-            except (SourceError, SchemaError, SQLAlchemyError, OSError) as exc:
+            except Exception as exc:  # a failed cycle must never stop the schedule
                 source_down = isinstance(exc, SourceError | SchemaError)
-                where = "metadata DB" if source_down else "cache"
+                where = "metadata DB" if source_down else (
+                    "cache" if isinstance(exc, SQLAlchemyError | OSError) else "bridge")
                 self.failures += 1
                 self._refreshes[(job, "error")] += 1
                 self._durations[job] = time.perf_counter() - started
                 log.warning("refresh %s failed (%s, attempt %d), serving the last good values: %s",
-                            job, where, self.failures, first_line(exc))
+                            job, where, self.failures, first_line(exc),
+                            exc_info=where == "bridge")
                 self._publish(metadb_up=not source_down and self._health.metadb_up)
                 return False
             elapsed = time.perf_counter() - started

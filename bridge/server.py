@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import choose_encoder
 
-from bridge.collector import SnapshotCollector
+from bridge.collector import GZIP, SnapshotCollector
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -34,7 +34,7 @@ def make_app(collector: SnapshotCollector, ready: Callable[[], bool],
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         headers = [("Content-Type", content_type)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            body = collector.rendered(content_type + ";gzip",
+            body = collector.rendered(content_type + GZIP,
                                       lambda c: gzip.compress(encoder(c), compresslevel=1))
             headers.append(("Content-Encoding", "gzip"))
         else:

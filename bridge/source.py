@@ -24,7 +24,7 @@ from bridge.config import Settings
 ACTIVE_RUN_STATES = ("queued", "running")
 FINISHED_RUN_STATES = ("success", "failed")
 READ_TABLES = ("dag_run", "task_instance", "task_instance_history", "xcom", "slot_pool", "job",
-               "dag", "import_error", "parse_import_error", "alembic_version")
+               "dag", "import_error", "alembic_version")
 
 
 class SchemaError(Exception):
@@ -63,10 +63,6 @@ class DagRun:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_RUN_STATES
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_RUN_STATES
 
 
 @dataclass(frozen=True)
@@ -296,7 +292,8 @@ class Reader:
 
     def current_state(self) -> CurrentState:
         pools = {str(r.pool): (int(r.slots), bool(r.include_deferred)) for r in self.execute(
-            "SELECT pool, slots, include_deferred FROM slot_pool")}
+            "SELECT pool, coalesce(slots, 0) AS slots, coalesce(include_deferred, false) "
+            "AS include_deferred FROM slot_pool WHERE pool IS NOT NULL")}
         usage = {(str(r.pool), str(r.state)): int(r.slots) for r in self.execute(
             "SELECT pool, state, sum(pool_slots) AS slots FROM task_instance "
             "WHERE state IN ('running', 'queued', 'deferred') GROUP BY pool, state")}
@@ -369,6 +366,12 @@ class Source:
         except SQLAlchemyError as exc:
             raise SourceError(first_line(exc)) from exc
         with conn, transaction:
+            try:
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if str(revision) != schema.revision:  # `airflow db migrate` ran meanwhile
+                    schema = self._schema = detect_schema(conn)
+            except SQLAlchemyError as exc:
+                raise SourceError(first_line(exc)) from exc
             reader = Reader(conn, schema)
             reader.execute(
                 "SELECT set_config('statement_timeout', :st, true), "

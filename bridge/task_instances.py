@@ -39,6 +39,7 @@ CURRENT_STATES = ("scheduled", "queued", "running", "deferred", "up_for_retry",
 @dataclass(frozen=True)
 class TaskInstanceCycle:
     current: dict[tuple[str, str], int]  # (dag_id, state) -> task instances now
+    instances: tuple[TaskInstance, ...]  # of the active runs and the runs that just finished
     finished: tuple[TaskInstance, ...]  # folded in this cycle
     retries: int
 
@@ -70,7 +71,7 @@ class TaskInstanceJob:
                           if ti.state in CURRENT_STATES)
         finished = self._fold_finished(tx, instances, by_key, now)
         retries = self._fold_retries(reader, tx, instances, by_key, now)
-        return TaskInstanceCycle(dict(current), tuple(finished), retries)
+        return TaskInstanceCycle(dict(current), tuple(instances), tuple(finished), retries)
 
     def _fold_finished(self, tx: CacheTransaction, instances: list[TaskInstance],
                        runs: dict[tuple[str, str], DagRun], now: datetime) -> list[TaskInstance]:
