@@ -177,3 +177,26 @@ def test_clash_with_builtin_metrics_is_a_config_error(tmp_path: Path, name: str)
     path = definitions(tmp_path, {"name": name, "type": "gauge", "task_id": "t"})
     with pytest.raises(config.ConfigError, match=name):
         config.load(None, {"BRIDGE_METRICS_FILE": path})
+
+
+def test_skipped_task_is_not_a_missing_value_and_mapped_strings_add_up(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory, tmp_path: Path) -> None:
+    tasks = TaskWriter(airflow_db.writer)
+    metrics = definitions(
+        tmp_path,
+        {"name": "branch_total", "type": "counter", "task_id": "maybe"},
+        {"name": "verdict_total", "type": "counter", "task_id": "judge",
+         "value_label": "verdict"})
+    bridge = make_bridge(airflow_db.url, metrics_file=metrics)
+    run = finished_run(airflow_db, tasks, ["judge"], mapped={"judge": 3})
+    tasks.add(run, "maybe")
+    tasks.set(run, "maybe", "skipped", T0 + timedelta(minutes=3))
+    for index in range(3):
+        push_xcom(tasks, run, "judge", "ok", map_index=index)
+    scrape = bridge.cycle()
+    assert scrape.series(ERRORS) == {}, "a skipped branch pushed nothing, and that is fine"
+    assert scrape.value("verdict_total", verdict="ok") == 3
+    history = bridge.cache.engine.connect().exec_driver_sql(
+        "SELECT labels, value FROM business_value WHERE metric = 'verdict_total'").fetchall()
+    assert [tuple(row) for row in history] == [('{"verdict":"ok"}', 3.0)], \
+        "the per-run history agrees with the counter"

@@ -93,3 +93,14 @@ def test_help_says_the_refresh_interval() -> None:
     text = render(View(45)).text
     assert "# HELP airflow_dag_runs DAG runs queued or running now. Refreshed every 45s by " \
            "airflow-metrics-bridge." in text
+
+
+def test_series_cached_under_other_labels_are_not_served() -> None:
+    snapshot = make_snapshot()
+    counters = dict(snapshot.aggregates.counters)
+    counters["airflow_dag_run_finished_total"] = {
+        **counters["airflow_dag_run_finished_total"],
+        (("dag_id", "etl"), ("state", "success")): 9.0}  # an older label set
+    scrape = render(View(30), Snapshot(Aggregates(counters, {}, {}), snapshot.live,
+                                       snapshot.health))
+    assert len(scrape.series("airflow_dag_run_finished_total")) == 2

@@ -55,6 +55,9 @@ def test_config_file_from_environment_and_secret_files(tmp_path: Path) -> None:
     ("histograms:\n  dag_run_duration_seconds: [60, 30]\n", "increasing order"),
     ("- a\n- b\n", "the top level must be a mapping"),
     ("a: [\n", "not valid YAML"),
+    ("airflow:\n  url: postgresql://u:p@ss@db/airflow\n", "percent-encode '@'"),
+    ("airflow:\n  url: postgresql://u@db:port/airflow\n", "airflow.url: not a database URL"),
+    ("histograms:\n  dag_run_duration_seconds: [1, .inf]\n", "increasing order"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bridge.yaml"
@@ -63,6 +66,17 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: st
         config.load(path, {})
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
+
+
+def test_secrets_never_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text("airflow:\n  url: postgresql://bridge:S3cretPw@db/airflow: x\n")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, {})
+    assert "S3cretPw" not in str(caught.value)
+    assert "line 2 column" in str(caught.value)
+    shown = config.redact_url("postgresql://u@db/a?sslpassword=k3y&password=pw&sslmode=require")
+    assert "k3y" not in shown and "pw" not in shown and "sslmode=require" in shown
 
 
 def test_missing_files_are_named(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -13,10 +14,11 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from bridge.cache import Cache
 from bridge.demo import load_dump
 from bridge.jobs import Schedule
 from tests import postgres
-from tests.conftest import BridgeFactory, BridgeUnderTest
+from tests.conftest import AirflowDb, BridgeFactory, BridgeUnderTest
 from tests.metadb import T0, AirflowWriter
 
 OUTAGE_DATA_DIR = Path("/tmp") / f"airflow-metrics-bridge-outage-pg-{os.getuid()}"
@@ -93,3 +95,26 @@ def test_backoff_doubles_up_to_the_cap(make_bridge: BridgeFactory,
     assert scrape.value("airflow_bridge_refresh_total", refresh_job="metadb",
                         outcome="error") == 5
     assert not bridge.refresher.ready.is_set()
+
+
+def test_cycles_sharing_a_cache_take_turns_and_snapshot_after_the_lock(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    """Another bridge (or `refresh --once`) in the middle of a cycle holds the cache lock;
+    this bridge's cycle waits for it and only then reads the metadata DB, so it can never
+    write watermarks older than the ones the other cycle committed."""
+    bridge = make_bridge(airflow_db.url)
+    bridge.cycle()
+    other = Cache(bridge.settings.cache_url)
+    done = threading.Event()
+    with other.transaction() as held:
+        held.lock()
+        worker = threading.Thread(target=lambda: (bridge.refresher.refresh(), done.set()))
+        worker.start()
+        time.sleep(0.5)
+        assert not done.is_set(), "the cycle must wait for the lock"
+        airflow_db.writer.complete_run("etl", logical_date=T0)
+    worker.join(timeout=30)
+    assert done.is_set()
+    other.dispose()
+    assert bridge.scrape().value("airflow_dag_run_finished_total", dag_id="etl",
+                                 state="success", run_type="scheduled") == 1

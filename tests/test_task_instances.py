@@ -176,6 +176,9 @@ def test_pools_fill_and_drain(airflow_db: AirflowDb, tasks: TaskWriter,
     scrape = bridge.cycle()
     assert pool(scrape) == {"open": 2, "running": 0, "queued": 0, "deferred": 0, "total": 2}
     assert scrape.value("airflow_pool_slots", pool="default_pool", state="total") == 128
+    airflow_db.writer.conn.execute("ALTER TABLE slot_pool ALTER COLUMN slots DROP NOT NULL")
+    airflow_db.writer.conn.execute("UPDATE slot_pool SET slots = NULL WHERE pool = 'gpu'")
+    assert pool(bridge.cycle())["total"] == 0, "a NULL slots value (nullable in 2.x) is 0"
 
 
 def test_heartbeats_paused_dags_and_import_errors(airflow_db: AirflowDb, tasks: TaskWriter,
