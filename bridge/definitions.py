@@ -13,14 +13,12 @@ import os
 import re
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from bridge.config import ConfigError
+from bridge.config import ConfigError, read_yaml
 
 Kind = Literal["gauge", "counter"]
 Source = Literal["xcom", "task_state"]
@@ -146,16 +144,7 @@ def load_definitions(path: str | os.PathLike[str],
 
 
 def _read_entries(file: str) -> list[object]:
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read the metrics file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}:" if where is not None else ""
-        raise ConfigError(f"{file}:{line} not valid YAML: {exc}") from None
+    data = read_yaml(file, "metrics file")
     if data is None:
         return []
     if not isinstance(data, dict):

@@ -280,7 +280,8 @@ def test_file_shape_errors(write: Write, text: str, message: str) -> None:
 
 def test_invalid_yaml_and_missing_file(write: Write) -> None:
     message = load_error(write(text="metrics: [\n"))
-    assert message.startswith("bike.yaml: line 2: not valid YAML: ")
+    assert message == ("bike.yaml: line 2 column 1: not valid YAML: expected the node content, "
+                       "but found '<stream end>'")
     assert load_error(Path("nope.yaml")) == (
         "nope.yaml: cannot read the metrics file: No such file or directory")
 
