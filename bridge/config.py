@@ -215,17 +215,30 @@ def load(path: str | os.PathLike[str] | None = None,
     file_name = str(path) if path is not None else env.get(ENV_CONFIG) or None
     raw: dict[str, Any] = _read_file(file_name) if file_name else {}
     source = file_name or "environment"
+    from_env: dict[str, str] = {}
     for var, key_path in ENV_KEYS.items():
         value = _env_value(env, var)
         if value is not None:
             _set_path(raw, key_path, value)
+            from_env[".".join(key_path)] = var if var in env else var + FILE_SUFFIX
     for section in ("airflow", "cache"):
-        _resolve_url_file(raw, section, file_name or "config")
+        _resolve_url_file(raw, section, file_name)
     try:
-        model = ConfigModel.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
-    return _settings(model, source, Path(file_name).parent if file_name else None)
+        try:
+            model = ConfigModel.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, source)) from None
+        return _settings(model, source, Path(file_name).parent if file_name else None)
+    except ConfigError as exc:
+        raise ConfigError(_blame_environment(str(exc), source, from_env)) from None
+
+
+def _blame_environment(message: str, source: str, from_env: Mapping[str, str]) -> str:
+    """Point at the environment variable, not the file, for values that came from it."""
+    for key, var in from_env.items():
+        message = message.replace(f"{source}: {key}:", f"{var} (environment, {key}):")
+        message = message.replace(f"\n  {key}:", f"\n  {key} (from {var}):")
+    return message
 
 
 def read_yaml(file_name: str, what: str) -> object:
@@ -281,13 +294,15 @@ def _set_path(raw: dict[str, Any], key_path: tuple[str, ...], value: object) -> 
     node[key_path[-1]] = value
 
 
-def _resolve_url_file(raw: dict[str, Any], section: str, where: str) -> None:
+def _resolve_url_file(raw: dict[str, Any], section: str, file_name: str | None) -> None:
     node = raw.get(section)
     if not isinstance(node, dict) or not node.get("url_file"):
         return
     if node.get("url"):
         return  # an explicit URL (file or environment) wins over the file reference
-    node["url"] = _read_secret(str(node["url_file"]), f"{where}: {section}.url_file")
+    base = Path(file_name).parent if file_name else None
+    secret = _relative_to(str(node["url_file"]), base)
+    node["url"] = _read_secret(secret, f"{file_name or 'config'}: {section}.url_file")
 
 
 def _describe(exc: ValidationError, source: str) -> str:
@@ -314,9 +329,9 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _metrics_file(name: str | None, base: Path | None) -> str | None:
-    """A relative metrics_file in a config file is relative to that file."""
-    if name is None or base is None or Path(name).is_absolute():
+def _relative_to(name: str, base: Path | None) -> str:
+    """Paths written in a config file are relative to that file."""
+    if base is None or Path(name).is_absolute():
         return name
     return str(base / name)
 
@@ -334,7 +349,7 @@ def _settings(model: ConfigModel, source: str, base: Path | None) -> Settings:
             raise ConfigError(f"{source}: histograms.{name}: give positive bucket bounds in "
                               "increasing order, without duplicates")
     histograms = model.histograms
-    metrics_file = _metrics_file(model.metrics_file, base)
+    metrics_file = _relative_to(model.metrics_file, base) if model.metrics_file else None
     if model.refresh_interval < 1:
         raise ConfigError(f"{source}: refresh_interval: must be at least 1s")
     return Settings(

@@ -34,7 +34,7 @@ def test_config_file_from_environment_and_secret_files(tmp_path: Path) -> None:
     secret = tmp_path / "url"
     secret.write_text("postgresql://bridge:s3cret@db:5432/airflow\n")
     path = tmp_path / "bridge.yaml"
-    path.write_text(f"cache:\n  url_file: {secret}\n")
+    path.write_text("cache:\n  url_file: url\n")  # relative to the config file
     settings = config.load(None, {"BRIDGE_CONFIG": str(path),
                                   "BRIDGE_AIRFLOW_DB_URL_FILE": str(secret)})
     assert settings.airflow_url is not None and settings.airflow_url.password == "s3cret"
@@ -77,6 +77,19 @@ def test_secrets_never_echoed(tmp_path: Path) -> None:
     assert "line 2 column" in str(caught.value)
     shown = config.redact_url("postgresql://u@db/a?sslpassword=k3y&password=pw&sslmode=require")
     assert "k3y" not in shown and "pw" not in shown and "sslmode=require" in shown
+
+
+def test_errors_in_environment_values_name_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text("lookback: 2d\n")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, {"BRIDGE_LISTEN_ADDRESS": "nowhere"})
+    assert str(caught.value) == ("BRIDGE_LISTEN_ADDRESS (environment, listen_address): "
+                                 "'nowhere' is not host:port, e.g. 127.0.0.1:9101 or 0.0.0.0:9101")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, {"BRIDGE_REFRESH_INTERVAL": "soon"})
+    assert "refresh_interval (from BRIDGE_REFRESH_INTERVAL): 'soon' is not a duration" \
+        in str(caught.value)
 
 
 def test_missing_files_are_named(tmp_path: Path) -> None:
