@@ -7,26 +7,19 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import FrameType
 
 from prometheus_client import generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import __version__, config, demo, report
-from bridge.cache import Cache
-from bridge.collector import SnapshotCollector, View
-from bridge.jobs import Refresher, Schedule
-from bridge.server import HttpServer, make_app
-from bridge.source import (
-    SchemaError,
-    Source,
-    SourceError,
-    detect_schema,
-    first_line,
-    write_privileges,
-)
+from bridge import __version__, app, config, report
+from bridge.airflow.schema import detect_schema
+from bridge.airflow.source import Source, write_privileges
+from bridge.cache.database import Cache
+from bridge.demo import demo
+from bridge.errors import ConfigError, SchemaError, SourceError, first_line
 
 log = logging.getLogger("bridge")
 
@@ -39,9 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = config.load(args.config)
+        settings = app.load_settings(args.config)
         return int(args.func(args, settings))
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
@@ -84,17 +77,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wire(settings: config.Settings) -> tuple[Cache, Source, SnapshotCollector, Refresher]:
-    settings.require_airflow_url()
-    cache = Cache(settings.cache_url)
-    cache.migrate()
-    source = Source(settings)
-    collector = SnapshotCollector(View.of(settings))
-    refresher = Refresher(settings, source, cache, collector)
-    refresher.load_cached()
-    return cache, source, collector, refresher
-
-
 def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
     stop = threading.Event()
 
@@ -104,40 +86,15 @@ def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    serve(settings, stop)
+    app.serve(settings, stop)
     return EXIT_OK
 
 
-def serve(settings: config.Settings, stop: threading.Event,
-          started: Callable[[int], None] | None = None) -> None:
-    """Refresh on a schedule and serve HTTP until `stop` is set; `started` gets the port."""
-    log.info("airflow-metrics-bridge %s, config: %s", __version__, settings.redacted())
-    cache, source, collector, refresher = _wire(settings)
-    server = HttpServer(settings.listen_host, settings.listen_port,
-                        make_app(collector, refresher.ready.is_set, __version__))
-    server.start()
-    log.info("serving http://%s:%d/metrics", settings.listen_host, server.port)
-    if started is not None:
-        started(server.port)
-    schedule = Schedule(refresher)
-    schedule.start()
-    stop.wait()
-    schedule.stop()
-    server.stop()
-    source.dispose()
-    cache.dispose()
-    log.info("stopped")
-
-
 def cmd_refresh(args: argparse.Namespace, settings: config.Settings) -> int:
-    cache, source, collector, refresher = _wire(settings)
-    try:
-        ok = refresher.refresh()
+    with app.running(settings) as bridge:
+        ok = bridge.refresher.refresh()
         if args.print_metrics:
-            sys.stdout.write(collector.rendered("text", generate_latest).decode())
-    finally:
-        source.dispose()
-        cache.dispose()
+            sys.stdout.write(generate_latest(bridge.collector).decode())
     return EXIT_OK if ok else EXIT_FAILED
 
 

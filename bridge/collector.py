@@ -11,8 +11,7 @@ import gzip
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -25,41 +24,18 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from bridge.cache import Aggregates, HistogramValue, Labels
+from bridge import health as bridge_health
+from bridge.catalog import AIRFLOW, BRIDGE
 from bridge.config import Settings
-from bridge.metrics import CATALOG, MetricSpec
-from bridge.source import ACTIVE_RUN_STATES, CurrentState
-from bridge.task_instances import CURRENT_STATES
-
-
-@dataclass(frozen=True)
-class Health:
-    """The bridge's view of itself; counters here restart with the process."""
-
-    version: str
-    airflow_version: str = "unknown"
-    metadb_up: bool = False
-    refreshes: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    durations: Mapping[str, float] = field(default_factory=dict)
-    last_success: Mapping[str, float] = field(default_factory=dict)
-    series_dropped: int = 0
-
-
-@dataclass(frozen=True)
-class Live:
-    """Gauges of now from the latest successful cycle; replaced, never accumulated."""
-
-    active_runs: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    task_instances: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    state: CurrentState | None = None
+from bridge.health import Health
+from bridge.metric import HistogramValue, Labels, MetricSpec, Series
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """The last good data plus current health: everything a scrape will see."""
 
-    aggregates: Aggregates
-    live: Live
+    series: Mapping[str, Series]  # Airflow and business families' samples, by metric name
     health: Health
 
 
@@ -86,10 +62,8 @@ class View:
             not any(fnmatchcase(dag_id, p) for p in self.exclude_dags)
 
 
-EMPTY = Aggregates({}, {}, {})
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 GZIP = ";gzip"
-Series = dict[Labels, Any]  # labels -> float, or HistogramValue for histograms
 
 
 class _Builder:
@@ -128,7 +102,7 @@ class _Builder:
 
 
 def _without_task_id(series: Series) -> Series:
-    merged: Series = {}
+    merged: dict[Labels, float | HistogramValue] = {}
     for labels, value in series.items():
         key = tuple(pair for pair in labels if pair[0] != "task_id")
         merged[key] = _merge(merged.get(key), value)
@@ -147,72 +121,17 @@ def _merge(left: Any, right: Any) -> Any:
     return left + right
 
 
-def _stamp(value: datetime) -> float:
-    return value.timestamp()
-
-
-def _live_series(snapshot: Snapshot) -> dict[str, Series]:
-    """Gauges of now, with explicit zeros for every DAG the bridge knows."""
-    agg, live = snapshot.aggregates, snapshot.live
-    dags = {dict(labels).get("dag_id", "") for series in agg.counters.values()
-            for labels in series} - {""}
-    dags |= {dag for dag, _ in live.active_runs} | {dag for dag, _ in live.task_instances}
-    out: dict[str, Series] = {
-        "airflow_dag_runs": {(("dag_id", d), ("state", s)): live.active_runs.get((d, s), 0)
-                             for d in dags for s in ACTIVE_RUN_STATES},
-        "airflow_task_instances": {(("dag_id", d), ("state", s)):
-                                   live.task_instances.get((d, s), 0)
-                                   for d in dags for s in CURRENT_STATES},
-    }
-    state = live.state
-    if state is not None:
-        pools: Series = {}
-        for pool, (slots, deferred_takes_slot) in state.pools.items():
-            used = {s: state.pool_usage.get((pool, s), 0) for s in ("running", "queued",
-                                                                   "deferred")}
-            occupied = used["running"] + used["queued"] + \
-                (used["deferred"] if deferred_takes_slot else 0)
-            values = {**used, "total": slots,
-                      "open": -1 if slots < 0 else max(slots - occupied, 0)}
-            for name, value in values.items():
-                pools[(("pool", pool), ("state", name))] = value
-        out["airflow_pool_slots"] = pools
-        out["airflow_job_last_heartbeat_timestamp_seconds"] = {
-            (("job_type", job),): _stamp(beat) for job, beat in state.heartbeats.items()}
-        out["airflow_dag_paused"] = {(("dag_id", d),): float(p) for d, p in state.paused.items()}
-        out["airflow_dag_import_errors"] = {(): state.import_errors}
-    return out
-
-
-def _health_series(health: Health, dropped_now: int) -> dict[str, Series]:
-    return {
-        "airflow_bridge_metadb_up": {(): 1.0 if health.metadb_up else 0.0},
-        "airflow_bridge_refresh_total": {
-            (("outcome", o), ("refresh_job", j)): n for (j, o), n in health.refreshes.items()},
-        "airflow_bridge_refresh_duration_seconds": {
-            (("refresh_job", j),): s for j, s in health.durations.items()},
-        "airflow_bridge_refresh_last_success_timestamp_seconds": {
-            (("refresh_job", j),): s for j, s in health.last_success.items()},
-        "airflow_bridge_series_dropped_total": {(): health.series_dropped + dropped_now},
-        "airflow_bridge_build_info": {
-            (("airflow_version", health.airflow_version), ("version", health.version)): 1.0},
-    }
-
-
 def build_families(snapshot: Snapshot, view: View) -> tuple[list[Metric], int]:
-    """Families in catalog order (bridge health first), and how many series the cap left out."""
-    agg = snapshot.aggregates
-    sources: dict[str, Series] = {**agg.counters, **agg.gauges, **agg.histograms,
-                                  **_live_series(snapshot)}
-    bridge_specs = [spec for spec in CATALOG if spec.name.startswith("airflow_bridge_")]
-    airflow = _Builder(view, reserve=sum(len(s) for s in _health_series(
+    """Families in catalog order (the bridge's own first), and how many series the cap left
+    out. The cap never applies to the bridge's own families."""
+    sources = snapshot.series
+    airflow = _Builder(view, reserve=sum(len(s) for s in bridge_health.series(
         snapshot.health, 0).values()))
-    for spec in (*CATALOG, *view.business):
-        if spec not in bridge_specs:
-            airflow.add(spec, sources.get(spec.name, {}))
+    for spec in (*AIRFLOW, *view.business):
+        airflow.add(spec, sources.get(spec.name, {}))
     own = _Builder(view)
-    health = _health_series(snapshot.health, airflow.dropped)
-    for spec in bridge_specs:
+    health = bridge_health.series(snapshot.health, airflow.dropped)
+    for spec in BRIDGE:
         own.add(spec, health.get(spec.name) or sources.get(spec.name, {}))
     return own.families + airflow.families, airflow.dropped
 

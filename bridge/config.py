@@ -9,18 +9,18 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-if TYPE_CHECKING:
-    from bridge.definitions import MetricDefinition
+from bridge.definitions import MetricDefinition, load_definitions
+from bridge.errors import ConfigError
+from bridge.yamlfile import read_yaml
 
 DEFAULT_CACHE_URL = "sqlite:///airflow-metrics-bridge.db"
 DEFAULT_LISTEN = "127.0.0.1:9101"
@@ -31,6 +31,7 @@ DEFAULT_DELAY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0
 DEFAULT_TASK_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
                         21600.0)
 SECRET = "<secret>"
+HISTOGRAM_PREFIX = "airflow_"  # histograms.<key> sets the buckets of airflow_<key>
 
 ENV_CONFIG = "BRIDGE_CONFIG"
 ENV_KEYS: dict[str, tuple[str, ...]] = {
@@ -42,10 +43,6 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "BRIDGE_METRICS_FILE": ("metrics_file",),
 }
 FILE_SUFFIX = "_FILE"
-
-
-class ConfigError(Exception):
-    """A configuration problem a user can act on: where, which key, what to do."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -146,10 +143,7 @@ class Settings:
     lookback: float | None
     id_gap_grace: float
     batch_size: int
-    dag_run_duration_buckets: tuple[float, ...]
-    start_delay_buckets: tuple[float, ...]
-    task_duration_buckets: tuple[float, ...]
-    task_queued_buckets: tuple[float, ...]
+    histogram_buckets: Mapping[str, tuple[float, ...]]  # metric name -> bucket bounds
     include_dags: tuple[str, ...]
     exclude_dags: tuple[str, ...]
     task_id_label: bool
@@ -166,6 +160,10 @@ class Settings:
                 "config file, e.g. postgresql://airflow_bridge@db:5432/airflow"
             )
         return self.airflow_url
+
+    def buckets(self, metric: str) -> tuple[float, ...]:
+        """Bucket bounds of one of the bridge's histograms, by metric name."""
+        return self.histogram_buckets[metric]
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as it may be printed or logged."""
@@ -185,12 +183,8 @@ class Settings:
             "lookback": "all" if self.lookback is None else self.lookback,
             "id_gap_grace": self.id_gap_grace,
             "batch_size": self.batch_size,
-            "histograms": {
-                "dag_run_duration_seconds": list(self.dag_run_duration_buckets),
-                "dag_run_start_delay_seconds": list(self.start_delay_buckets),
-                "task_instance_duration_seconds": list(self.task_duration_buckets),
-                "task_instance_queued_seconds": list(self.task_queued_buckets),
-            },
+            "histograms": {name.removeprefix(HISTOGRAM_PREFIX): list(bounds)
+                           for name, bounds in self.histogram_buckets.items()},
             "dags": {"include": list(self.include_dags), "exclude": list(self.exclude_dags)},
             "task_id_label": self.task_id_label,
             "max_series": self.max_series,
@@ -209,8 +203,13 @@ def redact_url(url: URL | str) -> str:
 
 
 def load(path: str | os.PathLike[str] | None = None,
-         environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the file (argument, else $BRIDGE_CONFIG, else none) and apply the environment."""
+         environ: Mapping[str, str] | None = None,
+         reserved: Collection[str] = ()) -> Settings:
+    """Read the file (argument, else $BRIDGE_CONFIG, else none) and apply the environment.
+
+    `reserved` are the metric names the bridge serves itself, which a metric file may not
+    reuse (`bridge.app.load_settings` passes the catalog's).
+    """
     env = os.environ if environ is None else environ
     file_name = str(path) if path is not None else env.get(ENV_CONFIG) or None
     raw: dict[str, Any] = _read_file(file_name) if file_name else {}
@@ -228,7 +227,8 @@ def load(path: str | os.PathLike[str] | None = None,
             model = ConfigModel.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, source)) from None
-        return _settings(model, source, Path(file_name).parent if file_name else None)
+        return _settings(model, source, Path(file_name).parent if file_name else None,
+                         reserved)
     except ConfigError as exc:
         raise ConfigError(_blame_environment(str(exc), source, from_env)) from None
 
@@ -239,22 +239,6 @@ def _blame_environment(message: str, source: str, from_env: Mapping[str, str]) -
         message = message.replace(f"{source}: {key}:", f"{var} (environment, {key}):")
         message = message.replace(f"\n  {key}:", f"\n  {key} (from {var}):")
     return message
-
-
-def read_yaml(file_name: str, what: str) -> object:
-    """Parse a YAML file; errors name the file and position, never quote its content."""
-    try:
-        text = Path(file_name).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{file_name}: cannot read the {what}: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        # Only the position and the problem: the offending line may hold a password.
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1} column {where.column + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{file_name}:{line}: not valid YAML: {problem}") from None
 
 
 def _read_file(file_name: str) -> dict[str, Any]:
@@ -336,10 +320,8 @@ def _relative_to(name: str, base: Path | None) -> str:
     return str(base / name)
 
 
-def _settings(model: ConfigModel, source: str, base: Path | None) -> Settings:
-    from bridge.definitions import load_definitions
-    from bridge.metrics import BY_NAME
-
+def _settings(model: ConfigModel, source: str, base: Path | None,
+              reserved: Collection[str]) -> Settings:
     airflow_url = _source_url(model.airflow.url, source) if model.airflow.url else None
     cache_url = _cache_url(model.cache.url or DEFAULT_CACHE_URL, source)
     host, port = _listen(model.listen_address, source)
@@ -368,17 +350,14 @@ def _settings(model: ConfigModel, source: str, base: Path | None) -> Settings:
         lookback=model.lookback,
         id_gap_grace=model.id_gap_grace,
         batch_size=model.batch_size,
-        dag_run_duration_buckets=histograms.dag_run_duration_seconds,
-        start_delay_buckets=histograms.dag_run_start_delay_seconds,
-        task_duration_buckets=histograms.task_instance_duration_seconds,
-        task_queued_buckets=histograms.task_instance_queued_seconds,
+        histogram_buckets={HISTOGRAM_PREFIX + name: bounds for name, bounds in histograms},
         include_dags=model.dags.include,
         exclude_dags=model.dags.exclude,
         task_id_label=model.task_id_label,
         max_series=model.max_series,
         metrics_file=metrics_file,
         xcom_max_bytes=model.xcom_max_bytes,
-        definitions=load_definitions(metrics_file, BY_NAME) if metrics_file else (),
+        definitions=load_definitions(metrics_file, reserved) if metrics_file else (),
     )
 
 

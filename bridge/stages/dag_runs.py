@@ -15,21 +15,35 @@ transaction):
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from bridge.cache import CacheTransaction, Labels, dag_run_finished, utc_naive
+from bridge.airflow.rows import DagRun
+from bridge.airflow.source import Reader
+from bridge.cache.ledger import CacheTransaction
+from bridge.cache.tables import dag_run_finished
 from bridge.config import Settings
-from bridge.source import DagRun, Reader
+from bridge.metric import Labels, MetricSpec
+from bridge.timeutil import aware_utc, naive_utc
 
 log = logging.getLogger(__name__)
 
-FINISHED_TOTAL = "airflow_dag_run_finished_total"
-DURATION = "airflow_dag_run_duration_seconds"
-LAST_FINISHED = "airflow_dag_run_last_finished_timestamp_seconds"
-START_DELAY = "airflow_dag_run_start_delay_seconds"
+FINISHED_TOTAL = MetricSpec(
+    "airflow_dag_run_finished_total", "counter",
+    "DAG runs that reached a final state, counted once per finish.",
+    ("dag_id", "state", "run_type"))
+DURATION = MetricSpec(
+    "airflow_dag_run_duration_seconds", "histogram",
+    "Duration of finished DAG runs, start to end.", ("dag_id", "state"))
+LAST_FINISHED = MetricSpec(
+    "airflow_dag_run_last_finished_timestamp_seconds", "gauge",
+    "End time of the latest finished DAG run, in Unix seconds.", ("dag_id", "state"))
+START_DELAY = MetricSpec(
+    "airflow_dag_run_start_delay_seconds", "histogram",
+    "Delay from when a DAG run was due (end of its data interval, or queued) to its start.",
+    ("dag_id",))
+SPECS = (FINISHED_TOTAL, DURATION, LAST_FINISHED, START_DELAY)
 
 STATE_HIGH_WATER = "dag_run.high_water_id"
 STATE_GAP_FLOOR = "dag_run.gap_floor_id"
@@ -38,17 +52,12 @@ MAX_PAGES_PER_CYCLE = 4  # a backfill goes on in the next cycles, a second apart
 
 
 @dataclass(frozen=True)
-class DagRunCycle:
-    """What one cycle saw, for the live gauges and the logs."""
+class DagRunDelta:
+    """What this stage saw in one cycle, for the stages after it and the gauges of now."""
 
     active_runs: tuple[DagRun, ...]
     finished_runs: tuple[DagRun, ...]  # folded in this cycle, each for the first time
     caught_up: bool  # False while a backfill still has pages to read
-
-    @property
-    def active(self) -> dict[tuple[str, str], int]:
-        """(dag_id, state) -> runs queued or running now."""
-        return dict(Counter((run.dag_id, str(run.state)) for run in self.active_runs))
 
     @property
     def folded(self) -> int:
@@ -85,18 +94,18 @@ def start_delay(run: DagRun) -> float | None:
     return (run.start_date - due).total_seconds()
 
 
-class DagRunJob:
-    name = "dag_runs"
+class DagRunStage:
+    """Finds the runs that finished since the last cycle and folds each exactly once."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.buckets = settings.dag_run_duration_buckets
-        self.delay_buckets = settings.start_delay_buckets
+        self.buckets = settings.buckets(DURATION.name)
+        self.delay_buckets = settings.buckets(START_DELAY.name)
 
-    def run(self, reader: Reader, tx: CacheTransaction, now: datetime) -> DagRunCycle:
+    def run(self, reader: Reader, tx: CacheTransaction, now: datetime) -> DagRunDelta:
         high_water = self._high_water(reader, tx, now)
         gap_floor = int(tx.get_state(STATE_GAP_FLOOR) or 0)
-        tracked = tx.tracked_runs()
+        tracked = tx.tracked_run_ids()
         gaps = tx.id_gaps()
         active = {run.id: run for run in reader.active_runs()}
         seen: set[int] = set()
@@ -133,13 +142,13 @@ class DagRunJob:
             gaps = dict(sorted(gaps.items())[-MAX_GAPS:])
 
         # 3. runs we knew as active that left the active set.
-        left = [i for i in tracked if i not in active and i not in seen]
+        left = [i for i in sorted(tracked) if i not in active and i not in seen]
         finished += self._fold(tx, reader.runs_by_id(left), now)
 
         tx.replace_tracked_runs((r.id, r.dag_id, r.run_id, str(r.state)) for r in active.values())
         tx.replace_id_gaps(gaps)
         tx.set_state(STATE_HIGH_WATER, str(high_water))
-        return DagRunCycle(tuple(active.values()), tuple(finished), caught_up)
+        return DagRunDelta(tuple(active.values()), tuple(finished), caught_up)
 
     def _high_water(self, reader: Reader, tx: CacheTransaction, now: datetime) -> int:
         stored = tx.get_state(STATE_HIGH_WATER)
@@ -152,7 +161,7 @@ class DagRunJob:
         elif lookback == 0:
             start = newest
         else:
-            start = reader.first_run_id_since(_aware(now - timedelta(seconds=lookback))) - 1
+            start = reader.first_run_id_since(aware_utc(now - timedelta(seconds=lookback))) - 1
         tx.set_state(STATE_GAP_FLOOR, str(newest))
         log.info("first start: counting DAG runs with id > %d (newest id %d, lookback %s)",
                  start, newest, "all" if lookback is None else f"{lookback:.0f}s")
@@ -164,20 +173,21 @@ class DagRunJob:
         claimed = tx.claim(dag_run_finished, [self._row(run, now) for run in by_id.values()])
         for row in claimed:
             by_state: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]))
-            tx.add(FINISHED_TOTAL, (*by_state, ("run_type", row["run_type"])))
+            tx.add(FINISHED_TOTAL.name, (*by_state, ("run_type", row["run_type"])))
             if row["duration_seconds"] is not None:
-                tx.observe(DURATION, by_state, row["duration_seconds"], self.buckets)
+                tx.observe(DURATION.name, by_state, row["duration_seconds"], self.buckets)
             if row["end_date"] is not None:
-                tx.gauge_max(LAST_FINISHED, by_state,
-                             _aware(row["end_date"]).timestamp())
+                tx.gauge_max(LAST_FINISHED.name, by_state,
+                             aware_utc(row["end_date"]).timestamp())
             delay = start_delay(by_id[row["dag_run_id"]])
             if delay is not None:
-                tx.observe(START_DELAY, (("dag_id", row["dag_id"]),), delay, self.delay_buckets)
+                tx.observe(START_DELAY.name, (("dag_id", row["dag_id"]),), delay,
+                           self.delay_buckets)
         return [by_id[row["dag_run_id"]] for row in claimed]
 
     @staticmethod
     def _row(run: DagRun, now: datetime) -> dict[str, Any]:
-        end = utc_naive(run.end_date)
+        end = naive_utc(run.end_date)
         return {
             "dag_run_id": run.id,
             "end_key": end.isoformat() if end else "none",
@@ -185,13 +195,10 @@ class DagRunJob:
             "run_id": run.run_id,
             "run_type": run.run_type or "unknown",
             "state": str(run.state),
-            "logical_date": utc_naive(run.logical_date),
-            "queued_at": utc_naive(run.queued_at),
-            "start_date": utc_naive(run.start_date),
+            "logical_date": naive_utc(run.logical_date),
+            "queued_at": naive_utc(run.queued_at),
+            "start_date": naive_utc(run.start_date),
             "end_date": end,
             "duration_seconds": run_duration(run),
             "folded_at": now,
         }
-
-def _aware(naive_utc: datetime) -> datetime:
-    return naive_utc.replace(tzinfo=UTC)

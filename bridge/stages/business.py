@@ -14,34 +14,44 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import xcoms
-from bridge.cache import CacheTransaction, Labels, business_value, encode_labels, utc_naive
+from bridge.airflow import xcoms
+from bridge.airflow.rows import DagRun, StoredXcom
+from bridge.airflow.source import Reader
+from bridge.cache.ledger import CacheTransaction
+from bridge.cache.tables import business_value, encode_labels
 from bridge.config import Settings
-from bridge.dag_runs import DagRunCycle
 from bridge.definitions import MAP_INDEX_LABEL, MetricDefinition
-from bridge.source import DagRun, Reader, StoredXcom
-from bridge.task_instances import TaskInstanceCycle
+from bridge.metric import Labels, MetricSpec
+from bridge.stages.dag_runs import DagRunDelta
+from bridge.stages.task_instances import TaskInstanceDelta
+from bridge.timeutil import naive_utc
 
 log = logging.getLogger(__name__)
 
-DECODE_ERRORS = "airflow_bridge_xcom_decode_errors_total"
+DECODE_ERRORS = MetricSpec(
+    "airflow_bridge_xcom_decode_errors_total", "counter",
+    "XCom values that could not be used for a business metric, by reason; the value was "
+    "skipped, never served.", ("metric", "reason"))
+SPECS = (DECODE_ERRORS,)
 NOT_RUN_STATES = ("skipped", "upstream_failed", "removed")
 
 
 @dataclass(frozen=True)
-class BusinessCycle:
+class BusinessDelta:
     values: int
     errors: int
 
 
-class BusinessJob:
+class BusinessStage:
+    """Folds the business values of the runs that just finished, as the metric file says."""
+
     def __init__(self, settings: Settings) -> None:
         self.max_bytes = settings.xcom_max_bytes
         self.xcom_metrics = [d for d in settings.definitions if d.source == "xcom"]
         self.state_metrics = [d for d in settings.definitions if d.source == "task_state"]
 
-    def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunCycle,
-            tasks: TaskInstanceCycle) -> BusinessCycle:
+    def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunDelta,
+            tasks: TaskInstanceDelta) -> BusinessDelta:
         values = errors = 0
         for definition in self.state_metrics:
             for ti in tasks.finished:
@@ -50,7 +60,7 @@ class BusinessJob:
                     tx.add(definition.name, tuple(sorted((*definition.labels, label))))
                     values += 1
         if not self.xcom_metrics:
-            return BusinessCycle(values, errors)
+            return BusinessDelta(values, errors)
         dags = {d.dag_id for d in self.xcom_metrics}
         finished = [run for run in runs.finished_runs if run.dag_id in dags]
         stored: dict[tuple[int, str, str], list[StoredXcom]] = defaultdict(list)
@@ -73,14 +83,14 @@ class BusinessJob:
                 samples, failures = self._samples(definition, rows)
                 for reason in failures:
                     errors += 1
-                    tx.add(DECODE_ERRORS, (("metric", definition.name), ("reason", reason)))
+                    tx.add(DECODE_ERRORS.name, (("metric", definition.name), ("reason", reason)))
                     log.warning("%s: no value from %s.%s key %r of run %s: %s", definition.name,
                                 run.dag_id, definition.task_id, definition.key, run.run_id,
                                 reason)
                 for labels, value in samples:
                     self._fold(tx, definition, run, labels, value)
                     values += 1
-        return BusinessCycle(values, errors)
+        return BusinessDelta(values, errors)
 
     def _samples(self, definition: MetricDefinition,
                  rows: list[StoredXcom]) -> tuple[list[tuple[Labels, float]], list[str]]:
@@ -119,8 +129,8 @@ class BusinessJob:
     @staticmethod
     def _fold(tx: CacheTransaction, definition: MetricDefinition, run: DagRun, labels: Labels,
               value: float) -> None:
-        end = utc_naive(run.end_date)
-        as_of = end or utc_naive(run.start_date) or utc_naive(run.logical_date)
+        end = naive_utc(run.end_date)
+        as_of = end or naive_utc(run.start_date) or naive_utc(run.logical_date)
         if definition.kind == "counter":
             tx.add(definition.name, labels, value)
         elif as_of is not None:
@@ -128,6 +138,6 @@ class BusinessJob:
         row: dict[str, Any] = {
             "dag_run_id": run.id, "end_key": end.isoformat() if end else "none",
             "metric": definition.name, "labels": encode_labels(labels), "dag_id": run.dag_id,
-            "run_id": run.run_id, "logical_date": utc_naive(run.logical_date), "end_date": end,
+            "run_id": run.run_id, "logical_date": naive_utc(run.logical_date), "end_date": end,
             "value": value}
         tx.claim(business_value, [row])

@@ -1,0 +1,1 @@
+"""The bridge's own database: watermarks, the exactly-once ledger and the metric totals."""

@@ -1,0 +1,181 @@
+"""The write side of a refresh cycle: watermarks, the exactly-once ledger, metric increments.
+
+Everything one cycle learned is written in one transaction, so a crash or a SIGTERM leaves
+either the whole cycle or none of it. `claim` is the exactly-once step of every fold;
+metric increments are summed in memory and added to the totals at commit.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, func, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bridge.cache.tables import (
+    bridge_state,
+    dag_run_id_gap,
+    encode_labels,
+    metric_counter,
+    metric_gauge,
+    metric_histogram,
+    metric_histogram_bucket,
+    metric_latest,
+    tracked_dag_run,
+)
+from bridge.metric import Labels
+from bridge.timeutil import naive_utc_now
+
+CLAIM_CHUNK = 500
+
+
+@dataclass
+class _Histogram:
+    sum: float = 0.0
+    count: float = 0.0
+    buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class CacheTransaction:
+    """Writes of one refresh cycle; metric increments are summed and written at commit."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._dialect = conn.dialect.name
+        self._counters: dict[tuple[str, Labels], float] = defaultdict(float)
+        self._gauges_max: dict[tuple[str, Labels], float] = {}
+        self._histograms: dict[tuple[str, Labels], _Histogram] = defaultdict(_Histogram)
+        self._latest: dict[tuple[str, Labels], tuple[datetime, float]] = {}
+
+    def _insert(self, table: Table) -> Any:
+        module: Any = postgresql if self._dialect == "postgresql" else sqlite
+        return module.insert(table)
+
+    def lock(self) -> None:
+        """Take the cache's write lock for this transaction (a row lock on PostgreSQL, the
+        database write lock on SQLite) so that refresh cycles never interleave."""
+        self.set_state("cycle.lock", naive_utc_now().isoformat())
+
+    # -- small key/value state ------------------------------------------------------------
+    def get_state(self, key: str) -> str | None:
+        return self.conn.execute(
+            select(bridge_state.c.value).where(bridge_state.c.key == key)).scalar()
+
+    def set_state(self, key: str, value: str) -> None:
+        stmt = self._insert(bridge_state).values(key=key, value=value)
+        self.conn.execute(stmt.on_conflict_do_update(index_elements=["key"],
+                                                     set_={"value": stmt.excluded.value}))
+
+    # -- tracked runs and id gaps ---------------------------------------------------------
+    def tracked_run_ids(self) -> set[int]:
+        """Runs that were active at the end of the previous cycle."""
+        return {int(i) for i in self.conn.execute(select(tracked_dag_run.c.dag_run_id)).scalars()}
+
+    def replace_tracked_runs(self, runs: Iterable[tuple[int, str, str, str]]) -> None:
+        self.conn.execute(delete(tracked_dag_run))
+        rows = [dict(dag_run_id=i, dag_id=d, run_id=r, state=s) for i, d, r, s in runs]
+        if rows:
+            self.conn.execute(tracked_dag_run.insert(), rows)
+
+    def id_gaps(self) -> dict[int, datetime]:
+        gap = dag_run_id_gap.c
+        rows = self.conn.execute(select(gap.dag_run_id, gap.missing_since))
+        return {int(run_id): since for run_id, since in rows}
+
+    def replace_id_gaps(self, gaps: dict[int, datetime]) -> None:
+        self.conn.execute(delete(dag_run_id_gap))
+        if gaps:
+            self.conn.execute(dag_run_id_gap.insert(), [
+                {"dag_run_id": i, "missing_since": since} for i, since in gaps.items()])
+
+    # -- exactly-once folding -------------------------------------------------------------
+    def claim(self, table: Table, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record rows keyed by the table's primary key; returns those not recorded before.
+
+        This is the exactly-once step of every fold. A plain INSERT follows the lookup, so
+        if another bridge sharing this cache records the same key meanwhile, the primary
+        key rejects this whole cycle rather than letting both count it.
+        """
+        keys = [column.name for column in table.primary_key.columns]
+        columns = [table.c[k] for k in keys]
+        fresh: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for start in range(0, len(rows), CLAIM_CHUNK):
+            chunk = rows[start:start + CLAIM_CHUNK]
+            wanted = {tuple(row[k] for k in keys) for row in chunk}
+            done = {tuple(row) for row in self.conn.execute(
+                select(*columns).where(tuple_(*columns).in_(wanted)))}
+            for row in chunk:
+                key = tuple(row[k] for k in keys)
+                if key not in done:
+                    fresh.setdefault(key, row)
+        if fresh:
+            self.conn.execute(table.insert(), list(fresh.values()))
+        return list(fresh.values())
+
+    def add(self, metric: str, labels: Labels, amount: float = 1.0) -> None:
+        self._counters[(metric, labels)] += amount
+
+    def gauge_max(self, metric: str, labels: Labels, value: float) -> None:
+        key = (metric, labels)
+        self._gauges_max[key] = max(value, self._gauges_max.get(key, value))
+
+    def latest(self, metric: str, labels: Labels, value: float, as_of: datetime) -> None:
+        """A gauge that keeps the value of the newest `as_of`, whatever the folding order."""
+        key = (metric, labels)
+        if key not in self._latest or self._latest[key][0] <= as_of:
+            self._latest[key] = (as_of, value)
+
+    def observe(self, metric: str, labels: Labels, value: float, bounds: Sequence[float]) -> None:
+        hist = self._histograms[(metric, labels)]
+        hist.sum += value
+        hist.count += 1
+        index = bisect_left(bounds, value)
+        if index < len(bounds):
+            hist.buckets[bounds[index]] += 1
+
+    def flush(self) -> None:
+        for (metric, labels), amount in self._counters.items():
+            self._upsert_add(metric_counter, {"metric": metric, "labels": encode_labels(labels),
+                                              "value": amount}, ("value",))
+        for (metric, labels), value in self._gauges_max.items():
+            stmt = self._insert(metric_gauge).values(metric=metric, labels=encode_labels(labels),
+                                                     value=value)
+            current = metric_gauge.c.value
+            self.conn.execute(stmt.on_conflict_do_update(
+                index_elements=["metric", "labels"],
+                set_={"value": _greatest(self._dialect, current, stmt.excluded.value)}))
+        for (metric, labels), hist in self._histograms.items():
+            encoded = encode_labels(labels)
+            self._upsert_add(metric_histogram, {"metric": metric, "labels": encoded,
+                                                "sum": hist.sum, "count": hist.count},
+                             ("sum", "count"))
+            for le, count in hist.buckets.items():
+                self._upsert_add(metric_histogram_bucket, {"metric": metric, "labels": encoded,
+                                                           "le": le, "count": count}, ("count",))
+        for (metric, labels), (as_of, value) in self._latest.items():
+            stmt = self._insert(metric_latest).values(
+                metric=metric, labels=encode_labels(labels), as_of=as_of, value=value)
+            self.conn.execute(stmt.on_conflict_do_update(
+                index_elements=["metric", "labels"],
+                set_={"as_of": stmt.excluded.as_of, "value": stmt.excluded.value},
+                where=metric_latest.c.as_of <= stmt.excluded.as_of))
+        self._counters.clear()
+        self._gauges_max.clear()
+        self._latest.clear()
+        self._histograms.clear()
+
+    def _upsert_add(self, table: Table, values: dict[str, Any], summed: Sequence[str]) -> None:
+        stmt = self._insert(table).values(**values)
+        keys = [c.name for c in table.primary_key.columns]
+        self.conn.execute(stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={name: table.c[name] + stmt.excluded[name] for name in summed}))
+
+
+def _greatest(dialect: str, left: Any, right: Any) -> Any:
+    return func.greatest(left, right) if dialect == "postgresql" else func.max(left, right)
