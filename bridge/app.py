@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Self
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -209,7 +210,7 @@ class Bridge:
     refresher: Refresher
 
     @classmethod
-    def build(cls, settings: Settings) -> Bridge:
+    def build(cls, settings: Settings) -> Self:
         """Migrate the cache and serve its totals at once, before the metadata DB is read."""
         settings.require_airflow_url()
         cache = Cache(settings.cache_url)

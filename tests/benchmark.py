@@ -24,12 +24,10 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from bridge import config
-from bridge.cache import Aggregates, Cache
-from bridge.collector import Health, Live, Snapshot, SnapshotCollector, View
-from bridge.jobs import Refresher
+from bridge import app
+from bridge.collector import Snapshot, SnapshotCollector, View
+from bridge.health import Health
 from bridge.server import make_app
-from bridge.source import Source
 from tests import postgres
 from tests.metadb import AirflowWriter, fill_history
 
@@ -65,14 +63,12 @@ def measure(pg: postgres.Postgres, template: str, version: str, task_instances: 
     filled = time.perf_counter() - started
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            settings = config.load(None, {
+            settings = app.load_settings(None, {
                 "BRIDGE_AIRFLOW_DB_URL": pg.url_for(name).render_as_string(False),
                 "BRIDGE_CACHE_URL": f"sqlite:///{Path(tmp) / 'cache.db'}",
                 "BRIDGE_LOOKBACK": "0"})
-            cache = Cache(settings.cache_url)
-            cache.migrate()
-            source = Source(settings)
-            refresher = Refresher(settings, source, cache, SnapshotCollector(View.of(settings)))
+            bridge = app.Bridge.build(settings)
+            refresher = bridge.refresher
             assert refresher.refresh()
             cycle_ms = _median_ms(refresher.refresh, repeat)
             rows_read = refresher.last_rows_read
@@ -83,8 +79,7 @@ def measure(pg: postgres.Postgres, template: str, version: str, task_instances: 
                     max(3, repeat // 5))
                 full_rows = runs * (1 + TASKS_PER_RUN)
             engine.dispose()
-            source.dispose()
-            cache.dispose()
+            bridge.close()
     finally:
         writer.close()
         pg.drop_database(name)
@@ -101,7 +96,7 @@ def scrape_ms(series: int) -> tuple[float, float]:
             float(i) for i in range(series)}}
     collector = SnapshotCollector(View(30, max_series=series + 1000))
     started = time.perf_counter()
-    collector.publish(Snapshot(Aggregates(counters, {}, {}), Live(), Health(version="bench")))
+    collector.publish(Snapshot(counters, Health(version="bench")))
     render = (time.perf_counter() - started) * 1000
     app = make_app(collector, lambda: True, "bench")
     environ = {"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import config
-from bridge.cache import Cache
-from bridge.collector import SnapshotCollector, View
-from bridge.jobs import Refresher
-from bridge.source import Source
+from bridge import app
 from tests import postgres
 from tests.metadb import AirflowWriter
 
@@ -77,14 +73,10 @@ class Scrape:
         return {labels: v for (n, labels), v in self.samples.items() if n == name}
 
 
-@dataclass
-class BridgeUnderTest:
-    settings: config.Settings
-    refresher: Refresher
-    collector: SnapshotCollector
-    source: Source
-    cache: Cache
-    closed: bool = field(default=False)
+class BridgeUnderTest(app.Bridge):
+    """A bridge built as the CLI builds it, with a cycle that must succeed and a scrape."""
+
+    closed: bool = False
 
     def cycle(self) -> Scrape:
         assert self.refresher.refresh(), "the refresh cycle failed"
@@ -97,8 +89,7 @@ class BridgeUnderTest:
 
     def close(self) -> None:
         if not self.closed:
-            self.source.dispose()
-            self.cache.dispose()
+            super().close()
             self.closed = True
 
 
@@ -116,14 +107,7 @@ def make_bridge(tmp_path: Path) -> Iterator[BridgeFactory]:
                "BRIDGE_CACHE_URL": cache_url or f"sqlite:///{tmp_path / 'cache.db'}"}
         config_file = tmp_path / f"bridge-{len(made)}.yaml"
         config_file.write_text(yaml.safe_dump({"lookback": "all", **overrides}))
-        settings = config.load(config_file, env)
-        cache = Cache(settings.cache_url)
-        cache.migrate()
-        source = Source(settings)
-        collector = SnapshotCollector(View.of(settings))
-        refresher = Refresher(settings, source, cache, collector)
-        refresher.load_cached()
-        bridge = BridgeUnderTest(settings, refresher, collector, source, cache)
+        bridge = BridgeUnderTest.build(app.load_settings(config_file, env))
         made.append(bridge)
         return bridge
 

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL, make_url
 
-from bridge.demo import load_dump
+from bridge.demo.dump import load_dump
 
 FIXTURES = Path(__file__).parent / "fixtures" / "airflow"
 AIRFLOW_VERSIONS = ("2.10.5", "3.3.2")

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from bridge.cache import Cache
-from bridge.demo import load_dump
-from bridge.jobs import Schedule
+from bridge.app import Schedule
+from bridge.cache.database import Cache
+from bridge.demo.dump import load_dump
 from tests import postgres
 from tests.conftest import AirflowDb, BridgeFactory, BridgeUnderTest
 from tests.metadb import T0, AirflowWriter

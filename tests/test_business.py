@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.demo import load_dump
+from bridge.app import load_settings
+from bridge.demo.dump import load_dump
+from bridge.errors import ConfigError
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, TaskWriter, push_xcom
 from tests.postgres import FIXTURES
@@ -172,11 +174,9 @@ def test_counters_sum_gauges_take_the_latest_run_and_mapped_tasks_combine(
 
 @pytest.mark.parametrize("name", ["airflow_dag_runs", "airflow_custom_total"])
 def test_clash_with_builtin_metrics_is_a_config_error(tmp_path: Path, name: str) -> None:
-    from bridge import config
-
     path = definitions(tmp_path, {"name": name, "type": "gauge", "task_id": "t"})
-    with pytest.raises(config.ConfigError, match=name):
-        config.load(None, {"BRIDGE_METRICS_FILE": path})
+    with pytest.raises(ConfigError, match=name):
+        load_settings(None, {"BRIDGE_METRICS_FILE": path})
 
 
 def test_skipped_task_is_not_a_missing_value_and_mapped_strings_add_up(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
-from bridge.cache import migrations_path
+from bridge.cache.database import migrations_path
 from tests.conftest import AirflowDb
 from tests.metadb import T0
 from tests.postgres import Postgres

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from bridge.cache import Aggregates, HistogramValue
-from bridge.collector import Health, Live, Snapshot, SnapshotCollector, View, build_families
+from bridge.app import airflow_series
+from bridge.cache.totals import Aggregates
+from bridge.collector import Snapshot, SnapshotCollector, View, build_families
+from bridge.health import Health
+from bridge.metric import HistogramValue
+from bridge.stages.current import Live
 from tests.conftest import Scrape
 
 INF = float("inf")
@@ -27,7 +31,12 @@ def make_snapshot() -> Snapshot:
         (("dag_id", "etl"), ("state", "success"), ("task_id", "b")):
             HistogramValue(((10.0, 0.0), (60.0, 1.0), (INF, 2.0)), 130.0, 2.0)}}
     live = Live(active_runs={("etl", "running"): 1}, task_instances={("etl", "queued"): 2})
-    return Snapshot(Aggregates(counters, {}, hist), live, Health(version="1.0", metadb_up=True))
+    return snapshot_of(Aggregates(counters, {}, hist), live)
+
+
+def snapshot_of(totals: Aggregates, live: Live) -> Snapshot:
+    """What the refresher publishes for these totals and gauges of now."""
+    return Snapshot(airflow_series(totals, live), Health(version="1.0", metadb_up=True))
 
 
 def render(view: View, snapshot: Snapshot | None = None) -> Scrape:
@@ -97,10 +106,9 @@ def test_help_says_the_refresh_interval() -> None:
 
 def test_series_cached_under_other_labels_are_not_served() -> None:
     snapshot = make_snapshot()
-    counters = dict(snapshot.aggregates.counters)
-    counters["airflow_dag_run_finished_total"] = {
-        **counters["airflow_dag_run_finished_total"],
+    series = dict(snapshot.series)
+    series["airflow_dag_run_finished_total"] = {
+        **series["airflow_dag_run_finished_total"],
         (("dag_id", "etl"), ("state", "success")): 9.0}  # an older label set
-    scrape = render(View(30), Snapshot(Aggregates(counters, {}, {}), snapshot.live,
-                                       snapshot.health))
+    scrape = render(View(30), Snapshot(series, snapshot.health))
     assert len(scrape.series("airflow_dag_run_finished_total")) == 2

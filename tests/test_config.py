@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge import config
+from bridge.errors import ConfigError
 
 
 def test_defaults_with_only_the_airflow_url() -> None:
@@ -62,7 +63,7 @@ def test_config_file_from_environment_and_secret_files(tmp_path: Path) -> None:
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bridge.yaml"
     path.write_text(text)
-    with pytest.raises(config.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         config.load(path, {})
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
@@ -71,7 +72,7 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: st
 def test_secrets_never_echoed(tmp_path: Path) -> None:
     path = tmp_path / "bridge.yaml"
     path.write_text("airflow:\n  url: postgresql://bridge:S3cretPw@db/airflow: x\n")
-    with pytest.raises(config.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         config.load(path, {})
     assert "S3cretPw" not in str(caught.value)
     assert "line 2 column" in str(caught.value)
@@ -82,27 +83,27 @@ def test_secrets_never_echoed(tmp_path: Path) -> None:
 def test_errors_in_environment_values_name_the_variable(tmp_path: Path) -> None:
     path = tmp_path / "bridge.yaml"
     path.write_text("lookback: 2d\n")
-    with pytest.raises(config.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         config.load(path, {"BRIDGE_LISTEN_ADDRESS": "nowhere"})
     assert str(caught.value) == ("BRIDGE_LISTEN_ADDRESS (environment, listen_address): "
                                  "'nowhere' is not host:port, e.g. 127.0.0.1:9101 or 0.0.0.0:9101")
-    with pytest.raises(config.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         config.load(path, {"BRIDGE_REFRESH_INTERVAL": "soon"})
     assert "refresh_interval (from BRIDGE_REFRESH_INTERVAL): 'soon' is not a duration" \
         in str(caught.value)
 
 
 def test_missing_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(config.ConfigError, match=r"nope\.yaml: cannot read the config file"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read the config file"):
         config.load(tmp_path / "nope.yaml", {})
-    with pytest.raises(config.ConfigError, match="BRIDGE_AIRFLOW_DB_URL_FILE: cannot read "
+    with pytest.raises(ConfigError, match="BRIDGE_AIRFLOW_DB_URL_FILE: cannot read "
                                                  "secret file"):
         config.load(None, {"BRIDGE_AIRFLOW_DB_URL_FILE": str(tmp_path / "none")})
 
 
 def test_no_airflow_url_says_how_to_set_one() -> None:
     settings = config.load(None, {})
-    with pytest.raises(config.ConfigError, match="set BRIDGE_AIRFLOW_DB_URL"):
+    with pytest.raises(ConfigError, match="set BRIDGE_AIRFLOW_DB_URL"):
         settings.require_airflow_url()
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from bridge import dag_runs
+from bridge.stages import dag_runs
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, AirflowWriter
 from tests.postgres import Postgres

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.config import ConfigError
 from bridge.definitions import MetricDefinition, format_path, load_definitions, parse_path
+from bridge.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "bridge" / "metrics.yaml"
 RESERVED = frozenset({"airflow_dag_runs", "bridge_custom_builtin"})

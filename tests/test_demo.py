@@ -21,8 +21,9 @@ import psutil
 import pytest
 import yaml
 
-from bridge import cli, demo
-from bridge.simulator import DAGS, FETCH, MONITOR, PREDICT, Simulator, plan_day
+from bridge import cli
+from bridge.demo import demo
+from bridge.demo.simulator import DAGS, FETCH, MONITOR, PREDICT, Simulator, plan_day
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 
 ROOT = Path(__file__).resolve().parent.parent

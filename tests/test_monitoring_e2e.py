@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.demo import load_dump
+from bridge.demo.dump import load_dump
 from tests.conftest import AirflowDb
 from tests.metadb import AirflowWriter, TaskWriter, push_xcom
 from tests.postgres import FIXTURES

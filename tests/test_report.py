@@ -17,13 +17,12 @@ from sqlalchemy import Date, DateTime, Engine, Float, inspect, text
 from sqlalchemy.engine import URL, make_url
 
 from bridge import report
-from bridge.cache import (
-    Cache,
+from bridge.cache.database import Cache, migrations_path
+from bridge.cache.tables import (
     business_value,
     dag_run_finished,
     metric_counter,
     metric_latest,
-    migrations_path,
     task_instance_finished,
 )
 from tests.postgres import Postgres

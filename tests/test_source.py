@@ -19,7 +19,9 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from bridge import config
-from bridge.source import Reader, Source, SourceError, detect_schema, write_privileges
+from bridge.airflow.schema import detect_schema
+from bridge.airflow.source import Reader, Source, write_privileges
+from bridge.errors import SourceError
 from tests.conftest import AirflowDb, BridgeFactory
 from tests.metadb import T0, fill_history
 from tests.postgres import Postgres

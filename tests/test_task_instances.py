@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from bridge.demo import load_dump
+from bridge.demo.dump import load_dump
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, TaskWriter
 from tests.postgres import FIXTURES

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from bridge.xcoms import REASONS, XcomValueError, decode, extract, to_label, to_number, unwrap
+from bridge.airflow.xcoms import (
+    REASONS,
+    XcomValueError,
+    decode,
+    extract,
+    to_label,
+    to_number,
+    unwrap,
+)
 
 LIMIT = 65536
 
