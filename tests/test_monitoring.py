@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bridge import catalog
+from bridge.definitions import load_definitions
+
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
 PROMETHEUS_CONFIG = MONITORING / "prometheus.yml"
@@ -31,46 +34,12 @@ DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 BRIDGE_JOB = "airflow-metrics-bridge"
 
-# The metrics airflow-metrics-bridge serves. Histograms are listed separately
-# because only they may be queried with _bucket/_sum/_count.
-HISTOGRAMS = {
-    "airflow_dag_run_duration_seconds",
-    "airflow_dag_run_start_delay_seconds",
-    "airflow_task_instance_duration_seconds",
-    "airflow_task_instance_queued_seconds",
-}
-CATALOG = HISTOGRAMS | {
-    "airflow_dag_run_finished_total",
-    "airflow_dag_runs",
-    "airflow_dag_run_last_finished_timestamp_seconds",
-    "airflow_task_instance_finished_total",
-    "airflow_task_instance_retries_total",
-    "airflow_task_instances",
-    "airflow_pool_slots",
-    "airflow_job_last_heartbeat_timestamp_seconds",
-    "airflow_dag_paused",
-    "airflow_dag_import_errors",
-    "airflow_bridge_metadb_up",
-    "airflow_bridge_refresh_total",
-    "airflow_bridge_refresh_duration_seconds",
-    "airflow_bridge_refresh_last_success_timestamp_seconds",
-    "airflow_bridge_xcom_decode_errors_total",
-    "airflow_bridge_series_dropped_total",
-    "airflow_bridge_build_info",
-    "bike_records_ingested_total",
-    "bike_predictions_generated_total",
-    "bike_training_runs_total",
-    "bike_model_deployments_total",
-    "bike_prediction_r2",
-    "bike_prediction_rmse",
-    "bike_prediction_mae",
-    "bike_drift_detected",
-    "bike_drift_share",
-    "bike_drifted_features_count",
-    "bike_model_r2_production",
-    "bike_model_rmse_production",
-    "bike_model_improvement_delta",
-}
+# The metrics airflow-metrics-bridge serves: its catalog and the shipped business metrics.
+# Histograms are listed separately because only they may be queried with _bucket/_sum/_count.
+HISTOGRAMS = {spec.name for spec in catalog.HISTOGRAMS}
+CATALOG = {spec.name for spec in catalog.CATALOG} | {
+    d.name for d in load_definitions(REPO / "deploy" / "bridge" / "metrics.yaml", catalog.BY_NAME)}
+
 # Series Prometheus itself provides for every target.
 PROMETHEUS_SERIES = {"up"}
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -55,6 +56,7 @@ dag_run_finished = Table(
     Column("end_date", DateTime),
     Column("duration_seconds", Float),
     Column("folded_at", DateTime, nullable=False),
+    Index("ix_dag_run_finished_dag_end", "dag_id", "end_date"),
 )
 task_instance_finished = Table(
     "task_instance_finished", metadata,
@@ -71,6 +73,7 @@ task_instance_finished = Table(
     Column("duration_seconds", Float),
     Column("queued_seconds", Float),
     Column("folded_at", DateTime, nullable=False),
+    Index("ix_task_instance_finished_dag_end", "dag_id", "end_date"),
 )
 task_instance_retry = Table(
     "task_instance_retry", metadata,
@@ -92,6 +95,7 @@ business_value = Table(
     Column("logical_date", DateTime),
     Column("end_date", DateTime),
     Column("value", Float, nullable=False),
+    Index("ix_business_value_metric_end", "metric", "end_date"),
 )
 metric_latest = Table(
     "metric_latest", metadata,

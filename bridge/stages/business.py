@@ -81,25 +81,27 @@ class BusinessStage:
                                  (run.dag_id, run.run_id, definition.task_id) in not_run):
                     continue  # the task did not run (failed run, skipped branch): no error
                 samples, failures = self._samples(definition, rows)
-                for reason in failures:
+                for failure in failures:
                     errors += 1
-                    tx.add(DECODE_ERRORS.name, (("metric", definition.name), ("reason", reason)))
+                    tx.add(DECODE_ERRORS.name, (("metric", definition.name),
+                                                ("reason", failure.reason)))
                     log.warning("%s: no value from %s.%s key %r of run %s: %s", definition.name,
                                 run.dag_id, definition.task_id, definition.key, run.run_id,
-                                reason)
+                                failure)
                 for labels, value in samples:
                     self._fold(tx, definition, run, labels, value)
                     values += 1
         return BusinessDelta(values, errors)
 
     def _samples(self, definition: MetricDefinition,
-                 rows: list[StoredXcom]) -> tuple[list[tuple[Labels, float]], list[str]]:
-        """(labels, value) pairs for one run, and the reasons of values that failed."""
+                 rows: list[StoredXcom],
+                 ) -> tuple[list[tuple[Labels, float]], list[xcoms.XcomValueError]]:
+        """(labels, value) pairs for one run, and why the values that failed did."""
         if not rows:
-            return [], ["missing"]
+            return [], [xcoms.XcomValueError("missing")]
         if definition.mapped == "last":
             rows = rows[-1:]
-        failures: list[str] = []
+        failures: list[xcoms.XcomValueError] = []
         samples: list[tuple[Labels, float]] = []
         for row in rows:
             try:
@@ -116,7 +118,7 @@ class BusinessStage:
                 if definition.mapped == "each" and row.map_index >= 0:
                     labels.append((MAP_INDEX_LABEL, str(row.map_index)))
             except xcoms.XcomValueError as exc:
-                failures.append(exc.reason)
+                failures.append(exc)
                 continue
             samples.append((tuple(sorted(labels)), number))
         if definition.mapped == "each":
