@@ -111,10 +111,11 @@ class ConfigModel(_Model):
     airflow: AirflowDbModel = AirflowDbModel()
     cache: CacheModel = CacheModel()
     listen_address: str = DEFAULT_LISTEN
-    refresh_interval: Duration = 30.0
+    refresh_interval: Duration = 10.0
     max_backoff: Duration = 300.0
     lookback: Lookback = 7 * 86400.0
     id_gap_grace: Duration = 600.0
+    reconcile_window: Duration = 86400.0
     batch_size: int = Field(default=5000, ge=10, le=100_000)
     histograms: HistogramsModel = HistogramsModel()
     dags: DagsModel = DagsModel()
@@ -142,6 +143,7 @@ class Settings:
     max_backoff: float
     lookback: float | None
     id_gap_grace: float
+    reconcile_window: float  # finished runs this recent are re-checked for re-finishes
     batch_size: int
     histogram_buckets: Mapping[str, tuple[float, ...]]  # metric name -> bucket bounds
     include_dags: tuple[str, ...]
@@ -182,6 +184,7 @@ class Settings:
             "max_backoff": self.max_backoff,
             "lookback": "all" if self.lookback is None else self.lookback,
             "id_gap_grace": self.id_gap_grace,
+            "reconcile_window": self.reconcile_window,
             "batch_size": self.batch_size,
             "histograms": {name.removeprefix(HISTOGRAM_PREFIX): list(bounds)
                            for name, bounds in self.histogram_buckets.items()},
@@ -349,6 +352,7 @@ def _settings(model: ConfigModel, source: str, base: Path | None,
         max_backoff=max(model.max_backoff, model.refresh_interval),
         lookback=model.lookback,
         id_gap_grace=model.id_gap_grace,
+        reconcile_window=model.reconcile_window,
         batch_size=model.batch_size,
         histogram_buckets={HISTOGRAM_PREFIX + name: bounds for name, bounds in histograms},
         include_dags=model.dags.include,

@@ -17,7 +17,7 @@ def test_defaults_with_only_the_airflow_url() -> None:
     assert str(settings.cache_url) == "sqlite:///airflow-metrics-bridge.db"
     assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 9101)
     assert settings.lookback == 7 * 86400
-    assert settings.refresh_interval == 30
+    assert settings.refresh_interval == 10
 
 
 def test_environment_wins_over_the_file(tmp_path: Path) -> None:
