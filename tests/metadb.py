@@ -169,6 +169,9 @@ def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
     af.conn.execute("ANALYZE dag_run")
 
 
+TI_WHERE = "dag_id = %(d)s AND run_id = %(r)s AND task_id = %(t)s AND map_index = %(m)s"
+
+
 class TaskWriter:
     """Task instances, tries, pools, jobs and DAG rows, as the scheduler writes them."""
 
@@ -222,18 +225,24 @@ class TaskWriter:
         self.set(run, task_id, final, end, map_index=map_index)
         return end
 
-    def next_try(self, run: int, task_id: str, *, map_index: int = -1) -> None:
-        """The scheduler archives the finished try and schedules the next one (retry or
-        clear): the old row goes to task_instance_history, try_number + 1."""
+    def archive_try(self, run: int, task_id: str, *, map_index: int = -1) -> None:
+        """Copy the current try to task_instance_history, as a clear or a failure does."""
         dag_id, run_id = self._run(run)
         cols = ("task_id, dag_id, run_id, map_index, try_number, start_date, end_date, "
                 "duration, state, max_tries, pool, pool_slots, queued_dttm")
         history_cols = ("task_instance_id, " if self.af.v3 else "") + cols
         select_cols = ("gen_random_uuid(), " if self.af.v3 else "") + cols
-        params = {"d": dag_id, "r": run_id, "t": task_id, "m": map_index}
-        where = "dag_id = %(d)s AND run_id = %(r)s AND task_id = %(t)s AND map_index = %(m)s"
         self.conn.execute(f"INSERT INTO task_instance_history ({history_cols}) "
-                          f"SELECT {select_cols} FROM task_instance WHERE {where}", params)
+                          f"SELECT {select_cols} FROM task_instance WHERE {TI_WHERE}",
+                          {"d": dag_id, "r": run_id, "t": task_id, "m": map_index})
+
+    def next_try(self, run: int, task_id: str, *, map_index: int = -1) -> None:
+        """The scheduler archives the finished try and schedules the next one (retry or
+        clear): the old row goes to task_instance_history, try_number + 1."""
+        self.archive_try(run, task_id, map_index=map_index)
+        dag_id, run_id = self._run(run)
+        params = {"d": dag_id, "r": run_id, "t": task_id, "m": map_index}
+        where = TI_WHERE
         self.conn.execute("UPDATE task_instance SET try_number = try_number + 1, "
                           "state = 'scheduled', start_date = NULL, end_date = NULL, "
                           f"duration = NULL, queued_dttm = NULL WHERE {where}", params)

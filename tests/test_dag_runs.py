@@ -9,7 +9,7 @@ import pytest
 
 from bridge.stages import dag_runs
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
-from tests.metadb import T0, AirflowWriter
+from tests.metadb import T0, AirflowWriter, TaskWriter
 from tests.postgres import Postgres
 
 FINISHED = "airflow_dag_run_finished_total"
@@ -242,3 +242,68 @@ def test_postgres_cache_gives_the_same_totals(airflow_db: AirflowDb, make_bridge
                             state="success") == (T0 + timedelta(days=2, minutes=2)).timestamp()
     finally:
         pg.drop_database(cache_db)
+
+
+def test_run_cleared_and_finished_again_between_two_cycles_counts_twice(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    """Never seen active again: the reconcile window finds the second finish."""
+    af, tasks = airflow_db.writer, TaskWriter(airflow_db.writer)
+    now = datetime.now(UTC).replace(microsecond=0)
+    bridge = make_bridge(airflow_db.url)
+    bridge.cycle()
+    run = af.create_run("etl", logical_date=now - timedelta(minutes=9),
+                        at=now - timedelta(minutes=9))
+    af.start_run(run, now - timedelta(minutes=8))
+    tasks.add(run, "load")
+    tasks.run_try(run, "load", "success", now - timedelta(minutes=8), runs_for=30)
+    af.finish_run(run, "success", now - timedelta(minutes=7))
+    scrape = bridge.cycle()
+    assert finished(scrape, "etl", "success") == 1
+    af.clear_run(run, now - timedelta(minutes=6))
+    tasks.next_try(run, "load")
+    af.start_run(run, now - timedelta(minutes=5))
+    tasks.run_try(run, "load", "failed", now - timedelta(minutes=5), runs_for=30)
+    af.finish_run(run, "failed", now - timedelta(minutes=4))
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert finished(scrape, "etl", "success") == 1
+        assert finished(scrape, "etl", "failed") == 1
+        assert scrape.value("airflow_task_instance_finished_total", dag_id="etl",
+                            task_id="load", state="success") == 1
+        assert scrape.value("airflow_task_instance_finished_total", dag_id="etl",
+                            task_id="load", state="failed") == 1
+
+
+def test_run_older_than_the_reconcile_window_is_not_reread(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    """The window bounds the re-reading: a run created before it is left alone."""
+    af = airflow_db.writer
+    now = datetime.now(UTC).replace(microsecond=0)
+    bridge = make_bridge(airflow_db.url, reconcile_window="1h")
+    old = af.create_run("etl", logical_date=now - timedelta(hours=3),
+                        at=now - timedelta(hours=3))
+    af.start_run(old, now - timedelta(hours=3))
+    af.finish_run(old, "success", now - timedelta(hours=2))
+    assert finished(bridge.cycle(), "etl", "success") == 1
+    af.clear_run(old, now - timedelta(minutes=3))
+    af.conn.execute("UPDATE dag_run SET queued_at = %s WHERE id = %s",
+                    (now - timedelta(hours=3), old))  # created long ago, as Airflow keeps it
+    af.start_run(old, now - timedelta(minutes=2))
+    af.finish_run(old, "failed", now - timedelta(minutes=1))
+    assert finished(bridge.cycle(), "etl", "failed") is None
+
+
+def test_id_in_flight_at_first_start_is_counted_when_it_commits(
+        airflow_db: AirflowDb, pg: Postgres, make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    with psycopg.connect(pg.libpq(airflow_db.name)) as slow:
+        in_flight = af.insert_run(slow, "etl", run_type="scheduled", logical_date=T0,
+                                  state="running", queued_at=T0, start_date=T0)
+        later = af.complete_run("etl", logical_date=T0 + timedelta(days=1))
+        assert later > in_flight
+        bridge = make_bridge(airflow_db.url, lookback="0")
+        assert finished(bridge.cycle(), "etl") is None, "lookback 0: nothing before the start"
+        slow.execute("UPDATE dag_run SET state = 'success', end_date = %s WHERE id = %s",
+                     (T0 + timedelta(minutes=5), in_flight))
+    for _ in range(2):
+        assert finished(bridge.cycle(), "etl") == 1

@@ -221,3 +221,43 @@ def test_runs_captured_from_real_airflow(airflow_db: AirflowDb, make_bridge: Bri
     assert sum(scrape.series(TI_FINISHED).values()) == 3 * 6 + 3 * 8 + 9
     assert scrape.value("airflow_dag_paused", dag_id="xcom_shapes") == 1
     assert scrape.value("airflow_dag_paused", dag_id="daily_prediction") == 0
+
+
+def test_failed_try_never_tried_again_is_not_a_retry(airflow_db: AirflowDb, tasks: TaskWriter,
+                                                     make_bridge: BridgeFactory) -> None:
+    """Try 1 failed and was retried; try 2 failed, was archived, and its run timed out
+    before a third try: one retry, not two."""
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "load")
+    at = tasks.run_try(run, "load", "up_for_retry", T0 + timedelta(minutes=2))
+    tasks.next_try(run, "load")
+    at = tasks.run_try(run, "load", "up_for_retry", at + timedelta(minutes=5))
+    tasks.archive_try(run, "load")
+    tasks.set(run, "load", "skipped", at + timedelta(minutes=1))  # the run timed out
+    airflow_db.writer.finish_run(run, "failed", at + timedelta(minutes=1))
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert scrape.value(RETRIES, dag_id="etl", task_id="load") == 1
+        assert ti(scrape, "load", "skipped") == 1
+
+
+def test_final_state_committed_before_its_end_date_counts_once(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "branch_b")
+    tasks.add(run, "after")
+    airflow_db.writer.conn.execute(
+        "UPDATE task_instance SET state = 'skipped', end_date = NULL WHERE task_id = 'branch_b'")
+    assert ti(bridge.cycle(), "branch_b", "skipped") is None, "not until its end date is written"
+    tasks.set(run, "branch_b", "skipped", T0 + timedelta(minutes=3))
+    assert ti(bridge.cycle(), "branch_b", "skipped") == 1
+    airflow_db.writer.conn.execute(  # a final state whose end date never comes
+        "UPDATE task_instance SET state = 'removed', end_date = NULL WHERE task_id = 'after'")
+    assert ti(bridge.cycle(), "after", "removed") is None
+    airflow_db.writer.finish_run(run, "success", T0 + timedelta(minutes=4))
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert ti(scrape, "branch_b", "skipped") == 1
+        assert ti(scrape, "after", "removed") == 1, "counted with its run's final read"

@@ -111,6 +111,22 @@ class Reader:
         return self._runs(f"SELECT {self._columns} FROM dag_run WHERE id = ANY(:ids)",
                           {"ids": list(ids)})
 
+    def runs_finished_since(self, floor_id: int, since: datetime) -> list[DagRun]:
+        """Finished runs with id >= `floor_id` that ended at or after `since`.
+
+        A primary-key range scan bounded by the reconcile window; the end-date filter
+        keeps what crosses the wire to the few runs that finished lately.
+        """
+        return self._runs(
+            f"SELECT {self._columns} FROM dag_run WHERE id >= :floor AND end_date >= :since "
+            "AND state IN ('success', 'failed') ORDER BY id", {"floor": floor_id, "since": since})
+
+    def run_ids_between(self, low: int, high: int) -> set[int]:
+        """Ids present in (low, high], by primary-key range."""
+        rows = self.execute("SELECT id FROM dag_run WHERE id > :low AND id <= :high",
+                            {"low": low, "high": high})
+        return {int(row.id) for row in rows}
+
     def task_instances(self, runs: Sequence[tuple[str, str]]) -> list[TaskInstance]:
         """Task instances of the given (dag_id, run_id) runs, through the ti_dag_run index."""
         found: list[TaskInstance] = []

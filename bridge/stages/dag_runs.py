@@ -8,7 +8,10 @@ transaction):
    as gaps and looked up by key until they appear or the grace period ends;
 3. runs tracked as active that no longer are have finished (or were deleted): their
    final row is read by key;
-4. every finished run is folded exactly once, keyed on (dag_run id, end_date), so a
+4. runs of the reconcile window (a primary-key range) that finished since the previous
+   cycle are read again: a run cleared and finished again between two cycles was never
+   seen active, and is found here;
+5. every finished run is folded exactly once, keyed on (dag_run id, end_date), so a
    repeated cycle never double counts and a cleared-and-rerun run counts again.
 """
 
@@ -47,7 +50,16 @@ SPECS = (FINISHED_TOTAL, DURATION, LAST_FINISHED, START_DELAY)
 
 STATE_HIGH_WATER = "dag_run.high_water_id"
 STATE_GAP_FLOOR = "dag_run.gap_floor_id"
+STATE_RECONCILE_FLOOR = "dag_run.reconcile_floor_id"
+STATE_RECONCILE_FLOOR_AT = "dag_run.reconcile_floor_at"
+STATE_RECONCILED_AT = "dag_run.reconciled_at"
+STATE_BACKFILL_START = "dag_run.backfill_start_id"  # runs at or below were never counted
 MAX_GAPS = 10_000
+IN_FLIGHT_IDS = 1000  # ids below the first start's newest that may not have committed yet
+# End dates are written by the scheduler's clock before its commit: re-read runs that ended
+# this long before the previous cycle, so neither clock skew nor a slow commit hides one.
+RECONCILE_SLACK = timedelta(minutes=10)
+RECONCILE_FLOOR_EVERY = timedelta(hours=1)  # how often the window's first id is looked up
 MAX_PAGES_PER_CYCLE = 4  # a backfill goes on in the next cycles, a second apart
 
 
@@ -103,10 +115,10 @@ class DagRunStage:
         self.delay_buckets = settings.buckets(START_DELAY.name)
 
     def run(self, reader: Reader, tx: CacheTransaction, now: datetime) -> DagRunDelta:
-        high_water = self._high_water(reader, tx, now)
+        gaps = tx.id_gaps()
+        high_water = self._high_water(reader, tx, now, gaps)
         gap_floor = int(tx.get_state(STATE_GAP_FLOOR) or 0)
         tracked = tx.tracked_run_ids()
-        gaps = tx.id_gaps()
         active = {run.id: run for run in reader.active_runs()}
         seen: set[int] = set()
         finished: list[DagRun] = []
@@ -145,16 +157,45 @@ class DagRunStage:
         left = [i for i in sorted(tracked) if i not in active and i not in seen]
         finished += self._fold(tx, reader.runs_by_id(left), now)
 
+        # 4. runs that finished again after a clear, entirely between two cycles.
+        if caught_up:
+            finished += self._fold(tx, self._recently_finished(reader, tx, now), now)
+
         tx.replace_tracked_runs((r.id, r.dag_id, r.run_id, str(r.state)) for r in active.values())
         tx.replace_id_gaps(gaps)
         tx.set_state(STATE_HIGH_WATER, str(high_water))
         return DagRunDelta(tuple(active.values()), tuple(finished), caught_up)
 
-    def _high_water(self, reader: Reader, tx: CacheTransaction, now: datetime) -> int:
+    def _recently_finished(self, reader: Reader, tx: CacheTransaction,
+                           now: datetime) -> list[DagRun]:
+        floor_at = tx.get_state(STATE_RECONCILE_FLOOR_AT)
+        floor = tx.get_state(STATE_RECONCILE_FLOOR)
+        if floor is None or floor_at is None or \
+                now - datetime.fromisoformat(floor_at) >= RECONCILE_FLOOR_EVERY:
+            window = timedelta(seconds=self.settings.reconcile_window)
+            floor = str(reader.first_run_id_since(aware_utc(now - window)))
+            tx.set_state(STATE_RECONCILE_FLOOR, floor)
+            tx.set_state(STATE_RECONCILE_FLOOR_AT, now.isoformat())
+        # Runs older than the first start's lookback are not counted here either.
+        floor = str(max(int(floor), int(tx.get_state(STATE_BACKFILL_START) or 0) + 1))
+        previous = tx.get_state(STATE_RECONCILED_AT)
+        since = (datetime.fromisoformat(previous) if previous else now) - RECONCILE_SLACK
+        tx.set_state(STATE_RECONCILED_AT, now.isoformat())
+        return reader.runs_finished_since(int(floor), aware_utc(since))
+
+    def _high_water(self, reader: Reader, tx: CacheTransaction, now: datetime,
+                    gaps: dict[int, datetime]) -> int:
+        """The id after which runs are new; on first start, also the ids still in flight
+        below the newest one become gaps, looked for like any other."""
         stored = tx.get_state(STATE_HIGH_WATER)
         if stored is not None:
             return int(stored)
         newest = reader.max_run_id()
+        low = max(0, newest - IN_FLIGHT_IDS)
+        present = reader.run_ids_between(low, newest)
+        for missing in range(low + 1, newest + 1):
+            if missing not in present:
+                gaps.setdefault(missing, now)
         lookback = self.settings.lookback
         if lookback is None:
             start = 0
@@ -163,6 +204,7 @@ class DagRunStage:
         else:
             start = reader.first_run_id_since(aware_utc(now - timedelta(seconds=lookback))) - 1
         tx.set_state(STATE_GAP_FLOOR, str(newest))
+        tx.set_state(STATE_BACKFILL_START, str(start))
         log.info("first start: counting DAG runs with id > %d (newest id %d, lookback %s)",
                  start, newest, "all" if lookback is None else f"{lookback:.0f}s")
         return start

@@ -3,9 +3,10 @@
 A task instance can only change while its DAG run is active (clearing a task puts its
 run back to queued), so each cycle reads the task instances of the runs that are active
 now and of the runs that finished in this cycle, by the (dag_id, run_id) index. Every
-terminal try is folded once, keyed on (run, task, map index, try, end date); failed tries
-that were retried come from task_instance_history, or, on schemas without it, from
-task instances seen in `up_for_retry`.
+terminal try is folded once, keyed on (run, task, map index, try, end date), and only
+once its end date is written (or its run has finished); failed tries that were tried
+again come from task_instance_history, or, on schemas without it, from task instances
+seen in `up_for_retry`.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class TaskInstanceStage:
         for ti in instances:
             if ti.state not in TERMINAL_STATES:
                 continue
+            if ti.end_date is None and not runs[(ti.dag_id, ti.run_id)].finished:
+                continue  # Airflow may commit a final state before its end date: wait for it
             end = naive_utc(ti.end_date)
             row: dict[str, Any] = {
                 "dag_run_id": runs[(ti.dag_id, ti.run_id)].id,
@@ -120,10 +123,13 @@ class TaskInstanceStage:
     def _fold_retries(self, reader: Reader, tx: CacheTransaction, instances: list[TaskInstance],
                       runs: dict[tuple[str, str], DagRun], now: datetime) -> int:
         if reader.schema.has_task_instance_history:
-            tried = [(ti.dag_id, ti.task_id, ti.run_id, ti.map_index) for ti in instances
-                     if ti.try_number > 1]
+            # A failed try is a retry only once a later try exists: a try archived by a
+            # clear that never ran again, or one whose run ended before it was retried, is not.
+            current = {(ti.dag_id, ti.task_id, ti.run_id, ti.map_index): ti.try_number
+                       for ti in instances if ti.try_number > 1}
             failed = [(f.dag_id, f.task_id, f.run_id, f.map_index, f.try_number)
-                      for f in reader.failed_tries(tried)]
+                      for f in reader.failed_tries(sorted(current))
+                      if f.try_number < current[(f.dag_id, f.task_id, f.run_id, f.map_index)]]
         else:
             failed = [(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
                       for ti in instances if ti.state == "up_for_retry"]
