@@ -279,13 +279,17 @@ class TaskWriter:
 def push_xcom(tasks: TaskWriter, run: int, task_id: str, value: object, *,
               map_index: int = -1, key: str = "return_value", raw: bytes | None = None) -> None:
     """An XCom as Airflow stores it: JSON text in bytea (2.x; `raw` bytes as given, e.g. a
-    pickle) or jsonb (3.x). The task instance must exist (foreign key)."""
+    pickle) or jsonb (3.x; `raw` as JSON text). The task instance must exist (foreign key)."""
     dag_id, run_id = tasks._run(run)
-    if tasks.af.v3:
-        stored: object = Jsonb(value)
+    cast = "%s"
+    if tasks.af.v3 and raw is not None:  # JSON text that Python's encoder cannot write
+        stored: object = raw.decode()
+        cast = "CAST(%s AS jsonb)"
+    elif tasks.af.v3:
+        stored = Jsonb(value)
     else:
         stored = raw if raw is not None else json.dumps(value).encode()
     tasks.conn.execute(
         "INSERT INTO xcom (dag_run_id, task_id, map_index, key, dag_id, run_id, value, "
-        "timestamp) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        f"timestamp) VALUES (%s, %s, %s, %s, %s, %s, {cast}, %s)",
         (run, task_id, map_index, key, dag_id, run_id, stored, T0))

@@ -95,6 +95,10 @@ def test_hostile_values_are_counted_and_never_served(airflow_db: AirflowDb,
         "no_path": ({"m": 1}, None, "path_not_found"),
         "boolean": ({"n": True}, None, None),
         "negative": ({"n": -4}, None, "negative"),
+        # Any DAG author can push these; the driver must never be the one to parse them.
+        "deep": (None, b'{"n": ' + b"[" * 3000 + b"]" * 3000 + b"}", "too_deep"),
+        "long_int": (None, b'{"n": 1' + b"0" * 5000 + b"}", "not_finite"),
+        "long_int_beside": (None, b'{"n": 3, "x": 1' + b"0" * 5000 + b"}", None),
     }
     if not v3:  # bytea can hold anything; jsonb cannot hold these
         cases.update({
@@ -116,7 +120,8 @@ def test_hostile_values_are_counted_and_never_served(airflow_db: AirflowDb,
     assert scrape.series(ERRORS) == expected_errors
     served = {name: value for (name, labels), value in scrape.samples.items()
               if name.endswith("_total") and not name.startswith("airflow")}
-    assert served == {"good_total": 5, "numeric_text_total": 12.5, "boolean_total": 1}
+    assert served == {"good_total": 5, "numeric_text_total": 12.5, "boolean_total": 1,
+                      "long_int_beside_total": 3}
     assert not any(math.isnan(v) for v in scrape.samples.values())
     assert bridge.cycle().series(ERRORS) == expected_errors, "counted once per finished run"
     failed = airflow_db.writer.complete_run("pipe", logical_date=T0 + timedelta(days=3),

@@ -191,13 +191,29 @@ def test_pickles_are_refused_without_loading() -> None:
     (b"{'a': 1}", "invalid_json"),
     (b'{"a": 1', "invalid_json"),
     (b"nan", "invalid_json"),
-    (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
-    (b"9" * 5000, "invalid_json"),
+    (b"[" * 100_000 + b"]" * 100_000, "too_deep"),
+    (b"[" * 101 + b"]" * 101, "too_deep"),
     (b'\xef\xbb\xbf"bom"', "invalid_json"),
 ], ids=["bad_start", "latin1", "empty", "python_repr", "truncated", "lowercase_nan",
-        "deep_nesting", "huge_integer", "bom"])
+        "deep_nesting", "past_max_depth", "bom"])
 def test_undecodable_bytes(stored: bytes, why: str) -> None:
     assert reason(decode, stored, 1_000_000) == why
+
+
+def test_depth_limit_is_exact_and_parsed_values_are_checked_too() -> None:
+    assert decode(b"[" * 100 + b"]" * 100, 1_000_000) is not None
+    nested: list[object] = []
+    for _ in range(200):
+        nested = [nested]
+    assert reason(decode, nested, 1_000_000) == "too_deep"
+
+
+def test_integers_longer_than_a_float_are_not_finite_and_spare_their_neighbours() -> None:
+    assert reason(lambda: to_number(decode(b"9" * 5000, LIMIT))) == "not_finite"
+    assert reason(lambda: to_number(decode(b"-" + b"9" * 500, LIMIT))) == "not_finite"
+    value = decode(b'{"n": 7, "big": 1' + b"0" * 5000 + b"}", LIMIT)
+    assert to_number(extract(value, ["n"])) == 7.0
+    assert to_number(decode(b"1" + b"0" * 300, LIMIT)) == 1e300
 
 
 def test_ten_megabytes_are_refused_by_size_before_decoding(
@@ -312,7 +328,7 @@ def test_label_length_is_configurable() -> None:
 
 def test_reasons_are_fixed_label_values() -> None:
     assert REASONS == ("missing", "too_large", "pickled", "invalid_utf8", "invalid_json",
-                       "path_not_found", "not_numeric", "not_finite", "not_a_string", "negative")
+                       "too_deep", "path_not_found", "not_numeric", "not_finite", "not_a_string", "negative")
     assert str(XcomValueError("missing")) == "missing"
     with pytest.raises(ValueError):
         XcomValueError("bogus")  # type: ignore[arg-type]

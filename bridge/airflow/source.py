@@ -171,7 +171,7 @@ class Reader:
         for start in range(0, len(run_ids), CHUNK):
             rows = self.execute(
                 f"SELECT dag_run_id, task_id, map_index, key, coalesce({size}, 0) AS size, "
-                f"CASE WHEN {size} <= :max THEN value END AS value FROM xcom "
+                f"CASE WHEN {size} <= :max THEN {self.schema.xcom_value} END AS value FROM xcom "
                 "WHERE dag_run_id = ANY(:ids) AND task_id = ANY(:tasks) AND key = ANY(:keys)",
                 {"ids": list(run_ids[start:start + CHUNK]), "tasks": list(task_ids),
                  "keys": list(keys), "max": max_bytes})

@@ -14,14 +14,16 @@ import re
 from collections.abc import Sequence
 from typing import Final, Literal
 
-Reason = Literal["missing", "too_large", "pickled", "invalid_utf8", "invalid_json",
+Reason = Literal["missing", "too_large", "pickled", "invalid_utf8", "invalid_json", "too_deep",
                  "path_not_found", "not_numeric", "not_finite", "not_a_string", "negative"]
 REASONS: Final[tuple[Reason, ...]] = (
-    "missing", "too_large", "pickled", "invalid_utf8", "invalid_json",
+    "missing", "too_large", "pickled", "invalid_utf8", "invalid_json", "too_deep",
     "path_not_found", "not_numeric", "not_finite", "not_a_string",
     "negative",  # a counter only adds: a negative value would make it go down
 )
 
+MAX_DEPTH = 100  # nesting beyond this is refused before anything recurses into it
+MAX_INT_DIGITS = 400  # longer integers cannot be a float sample: they parse as infinite
 PICKLE_PROTO = 0x80  # first byte of every pickle of protocol 2 or later
 _WRAPPER_KEYS = frozenset({"__classname__", "__version__", "__data__"})
 _JSON_TYPES = (dict, list, str, int, float, bool)
@@ -47,12 +49,13 @@ def decode(stored: object, max_bytes: int, size: int | None = None) -> object:
     """The JSON value of one `xcom.value`, with Airflow's type wrappers removed.
 
     `stored` is what the driver returns for the column:
-    - Airflow 2.x `bytea` (`bytes`, `memoryview`): UTF-8 JSON text from Airflow's XCom
+    - UTF-8 JSON text as bytes (`bytes`, `memoryview`): Airflow 2.x `bytea` from its XCom
       encoder, possibly with the tokens NaN/Infinity/-Infinity (decoded to floats; see
-      `to_number`). A pickle is refused, never loaded. The length is checked before
-      anything is decoded.
-    - Airflow 3.x `jsonb`: the already parsed value (dict, list, str, int, float, bool).
-      A `str` is a JSON string value, not JSON text.
+      `to_number`), or Airflow 3.x `jsonb` fetched as text, so that no driver parses a
+      hostile value before these checks. A pickle is refused, never loaded. The length is
+      checked before anything is decoded, the nesting depth before anything recurses.
+    - an already parsed value (dict, list, str, int, float, bool), as a driver returns
+      `jsonb`; a `str` is then a JSON string value, not JSON text.
     - None: SQL NULL (on 3.x also a JSON null) -> `missing`.
     `size` is the stored size in bytes when the caller knows it (e.g. `octet_length` in
     the query); above `max_bytes` it gives `too_large` even when the value was not
@@ -68,10 +71,32 @@ def decode(stored: object, max_bytes: int, size: int | None = None) -> object:
         value = stored
     else:
         raise XcomValueError("invalid_json", f"unexpected {type(stored).__name__}")
-    try:
-        return unwrap(value)
-    except RecursionError:
-        raise XcomValueError("invalid_json", "nested too deeply") from None
+    if _depth(value) > MAX_DEPTH:
+        raise XcomValueError("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+    return unwrap(value)
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of lists and objects, without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else \
+            item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _parse_int(digits: str) -> int | float:
+    """Integers too long for a float sample (or for Python's own conversion) are infinite."""
+    return int(digits) if len(digits.lstrip("-")) <= MAX_INT_DIGITS else math.copysign(
+        math.inf, -1.0 if digits.startswith("-") else 1.0)
 
 
 def _parse_text(stored: bytes | bytearray | memoryview, max_bytes: int) -> object:
@@ -85,11 +110,12 @@ def _parse_text(stored: bytes | bytearray | memoryview, max_bytes: int) -> objec
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise XcomValueError("invalid_utf8", f"at byte {exc.start}") from None
-    try:
-        return json.loads(text)  # accepts NaN, Infinity, -Infinity as Airflow 2 writes them
-    except (ValueError, RecursionError) as exc:
-        where = f"at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "too deep"
-        raise XcomValueError("invalid_json", where) from None
+    try:  # accepts NaN, Infinity, -Infinity as Airflow 2 writes them
+        return json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise XcomValueError("invalid_json", f"at char {exc.pos}") from None
+    except RecursionError:
+        raise XcomValueError("too_deep", "nested too deeply to parse") from None
 
 
 def unwrap(value: object) -> object:
