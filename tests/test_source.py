@@ -8,12 +8,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
@@ -204,3 +206,22 @@ def test_works_through_pgbouncer_in_transaction_mode(
 
 def _settings_for(url: Any) -> config.Settings:
     return config.load(None, {"BRIDGE_AIRFLOW_DB_URL": url.render_as_string(False)})
+
+
+@pytest.mark.parametrize("table", ["alembic_version", "dag_run"])
+def test_a_lock_on_an_airflow_table_times_out_instead_of_hanging(
+        airflow_db: AirflowDb, pg: Postgres, make_bridge: BridgeFactory, table: str) -> None:
+    """Even the first statement (schema detection, the revision check) runs under the
+    timeouts: a held lock fails the cycle after lock_timeout, and the bridge recovers."""
+    bridge = make_bridge(airflow_db.url, airflow={"lock_timeout": "1s",
+                                                  "statement_timeout": "2s"})
+    outcome: list[bool] = []
+    with psycopg.connect(pg.libpq(airflow_db.name)) as holder:
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        worker = threading.Thread(target=lambda: outcome.append(bridge.refresher.refresh()))
+        worker.start()
+        worker.join(60)  # a guard against hanging the suite, not a speed check
+        assert not worker.is_alive(), "the cycle hung on the lock"
+    assert outcome == [False]
+    assert bridge.scrape().value("airflow_bridge_metadb_up") == 0
+    assert bridge.cycle().value("airflow_bridge_metadb_up") == 1

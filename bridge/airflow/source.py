@@ -235,40 +235,47 @@ class Source:
 
     @property
     def schema(self) -> AirflowSchema:
+        """The detected schema; detected on first use, under the timeouts like any read."""
         if self._schema is None:
-            try:
-                with self.engine.connect() as conn:
-                    self._schema = detect_schema(conn)
-            except SQLAlchemyError as exc:
-                raise SourceError(first_line(exc)) from exc
+            with self.reading() as reader:
+                return reader.schema
         return self._schema
 
     @contextmanager
-    def reading(self) -> Iterator[Reader]:
-        """A read-only, repeatable-read transaction with server-side timeouts."""
-        schema = self.schema
+    def transaction(self) -> Iterator[Connection]:
+        """A read-only, repeatable-read transaction whose first statement sets the
+        server-side timeouts: nothing runs before them, not even schema detection, so a
+        lock held on any table Airflow owns cannot hang the bridge."""
         try:
             conn = self.engine.connect().execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            transaction = conn.begin()
         except SQLAlchemyError as exc:
             raise SourceError(first_line(exc)) from exc
-        with conn, transaction:
+        with conn:
             try:
-                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-                if str(revision) != schema.revision:  # `airflow db migrate` ran meanwhile
-                    schema = self._schema = detect_schema(conn)
+                transaction = conn.begin()
+                conn.execute(text(
+                    "SELECT set_config('statement_timeout', :st, true), "
+                    "set_config('lock_timeout', :lt, true)"),
+                    {"st": f"{int(self.settings.statement_timeout * 1000)}",
+                     "lt": f"{int(self.settings.lock_timeout * 1000)}"})
             except SQLAlchemyError as exc:
                 raise SourceError(first_line(exc)) from exc
-            reader = Reader(conn, schema)
-            reader.execute(
-                "SELECT set_config('statement_timeout', :st, true), "
-                "set_config('lock_timeout', :lt, true)",
-                {"st": f"{int(self.settings.statement_timeout * 1000)}",
-                 "lt": f"{int(self.settings.lock_timeout * 1000)}"},
-            )
-            reader.rows_read = 0
-            yield reader
+            with transaction:
+                yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Reader]:
+        """A snapshot of the metadata DB to read one cycle from, schema checked first."""
+        with self.transaction() as conn:
+            try:
+                schema = self._schema
+                if schema is None or str(conn.execute(text(
+                        "SELECT version_num FROM alembic_version")).scalar()) != schema.revision:
+                    schema = self._schema = detect_schema(conn)  # first read, or migrated
+            except SQLAlchemyError as exc:
+                raise SourceError(first_line(exc)) from exc
+            yield Reader(conn, schema)
 
     def dispose(self) -> None:
         self.engine.dispose()
