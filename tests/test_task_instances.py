@@ -261,3 +261,57 @@ def test_final_state_committed_before_its_end_date_counts_once(
         scrape = bridge.cycle()
         assert ti(scrape, "branch_b", "skipped") == 1
         assert ti(scrape, "after", "removed") == 1, "counted with its run's final read"
+
+
+def test_cleared_task_failing_upstream_again_without_a_new_try_counts_again(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
+    """Airflow keeps try number and end date of a task set upstream_failed again after a
+    clear; the bridge saw it cleared, so the second outcome counts."""
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "extract")
+    tasks.add(run, "load")
+    end = tasks.run_try(run, "extract", "failed", T0 + timedelta(minutes=2))
+    tasks.set(run, "load", "upstream_failed", end)
+    af.finish_run(run, "failed", end)
+    bridge.cycle()
+    af.clear_run(run, end + timedelta(minutes=10))
+    tasks.next_try(run, "extract")
+    af.conn.execute("UPDATE task_instance SET state = NULL WHERE task_id = 'load'")
+    scrape = bridge.cycle()  # the run is queued again, its tasks reset
+    assert ti(scrape, "load", "upstream_failed") == 1
+    af.start_run(run, end + timedelta(minutes=11))
+    end2 = tasks.run_try(run, "extract", "failed", end + timedelta(minutes=11))
+    af.conn.execute("UPDATE task_instance SET state = 'upstream_failed' WHERE task_id = 'load'")
+    af.finish_run(run, "failed", end2)
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert ti(scrape, "extract", "failed") == 2
+        assert ti(scrape, "load", "upstream_failed") == 2
+        assert scrape.value("airflow_dag_run_finished_total", dag_id="etl", state="failed",
+                            run_type="scheduled") == 2
+
+
+def test_tasks_left_alone_by_a_clear_are_not_counted_again(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "first")
+    tasks.add(run, "second")
+    tasks.run_try(run, "first", "success", T0 + timedelta(minutes=2))
+    end = tasks.run_try(run, "second", "failed", T0 + timedelta(minutes=2))
+    af.finish_run(run, "failed", end)
+    bridge.cycle()
+    af.clear_run(run, end + timedelta(minutes=1))  # only `second` is cleared
+    tasks.next_try(run, "second")
+    bridge.cycle()
+    af.start_run(run, end + timedelta(minutes=2))
+    end2 = tasks.run_try(run, "second", "success", end + timedelta(minutes=2))
+    af.finish_run(run, "success", end2)
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert ti(scrape, "first", "success") == 1
+        assert ti(scrape, "second", "failed") == 1
+        assert ti(scrape, "second", "success") == 1

@@ -22,6 +22,7 @@ class DagRun:
     end_date: datetime | None
     data_interval_end: datetime | None = None
     run_after: datetime | None = None
+    clear_number: int | None = None  # times the run was cleared (2.8+; None before)
 
     @property
     def finished(self) -> bool:

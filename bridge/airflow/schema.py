@@ -25,6 +25,7 @@ class AirflowSchema:
     logical_date_column: str  # execution_date (2.x) or logical_date (3.x)
     has_task_instance_history: bool  # 2.10+ and 3.x
     run_after_column: str  # `run_after` (3.x), or NULL where the column does not exist
+    clear_number_column: str  # `clear_number` (2.8+), or NULL where it does not exist
     xcom_size: str  # SQL size of xcom.value: bytea (2.x) as is, jsonb (3.x) as text
     xcom_value: str  # SQL of xcom.value as UTF-8 bytes, so no driver parses jsonb (3.x)
     dag_alive: str  # SQL condition for DAGs still parsed: `is_active` (2.x), `NOT is_stale`
@@ -64,6 +65,7 @@ def detect_schema(conn: Connection) -> AirflowSchema:
         logical_date_column=date_column,
         has_task_instance_history=history is not None,
         run_after_column="run_after" if "run_after" in columns else "NULL",
+        clear_number_column="clear_number" if "clear_number" in columns else "NULL",
         xcom_size="octet_length(value::text)" if major >= 3 else "octet_length(value)",
         xcom_value="convert_to(value::text, 'UTF8')" if major >= 3 else "value",
         dag_alive="NOT is_stale" if major >= 3 else "is_active",

@@ -76,7 +76,8 @@ class Reader:
         self._columns = (
             "id, dag_id, run_id, state, run_type, "
             f"{schema.logical_date_column} AS logical_date, queued_at, start_date, end_date, "
-            f"data_interval_end, {schema.run_after_column} AS run_after"
+            f"data_interval_end, {schema.run_after_column} AS run_after, "
+            f"{schema.clear_number_column} AS clear_number"
         )
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row[Any]]:

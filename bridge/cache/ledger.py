@@ -117,6 +117,30 @@ class CacheTransaction:
             self.conn.execute(table.insert(), list(fresh.values()))
         return list(fresh.values())
 
+    def reopen(self, table: Table, tries: Sequence[tuple[Any, ...]]) -> int:
+        """Let the next outcome of these tries be claimed again; returns how many reopened.
+
+        `tries` are primary keys without the last column (`end_key`). A cleared task that
+        ends again without a new try keeps its try number and end date, so its folded
+        row is renamed `<end_key>#<n>`: its count stays, and its key is free again.
+        """
+        keys = [column.name for column in table.primary_key.columns]
+        prefix, last = [table.c[k] for k in keys[:-1]], table.c[keys[-1]]
+        reopened = 0
+        for start in range(0, len(tries), CLAIM_CHUNK):
+            chunk = {tuple(t) for t in tries[start:start + CLAIM_CHUNK]}
+            folded: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+            for row in self.conn.execute(select(*prefix, last).where(tuple_(*prefix).in_(chunk))):
+                folded[tuple(row[:-1])].append(str(row[-1]))
+            for key, end_keys in folded.items():
+                for end_key in (k for k in end_keys if "#" not in k):
+                    renamed = f"{end_key}#{sum(k.startswith(end_key + '#') for k in end_keys) + 1}"
+                    self.conn.execute(table.update().where(
+                        *(c == v for c, v in zip(prefix, key, strict=True)), last == end_key,
+                    ).values({keys[-1]: renamed}))
+                    reopened += 1
+        return reopened
+
     def add(self, metric: str, labels: Labels, amount: float = 1.0) -> None:
         self._counters[(metric, labels)] += amount
 

@@ -40,6 +40,7 @@ QUEUED = MetricSpec(
 SPECS = (FINISHED_TOTAL, RETRIES_TOTAL, DURATION, QUEUED)
 
 TERMINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
+RESET_STATES = (None, "scheduled", "queued", "restarting")  # what a clear leaves
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,22 @@ class TaskInstanceStage:
         by_key: dict[tuple[str, str], DagRun] = {
             (run.dag_id, run.run_id): run for run in (*runs.finished_runs, *runs.active_runs)}
         instances = reader.task_instances(sorted(by_key))
+        self._reopen_cleared(tx, instances, by_key)
         finished = self._fold_finished(tx, instances, by_key, now)
         retries = self._fold_retries(reader, tx, instances, by_key, now)
         return TaskInstanceDelta(tuple(instances), tuple(finished), retries)
+
+    @staticmethod
+    def _reopen_cleared(tx: CacheTransaction, instances: list[TaskInstance],
+                        runs: dict[tuple[str, str], DagRun]) -> None:
+        """Tries seen reset after their outcome was folded were cleared: their next outcome
+        counts again, even when it keeps the try number and end date (upstream_failed or
+        skipped again). Only runs that were ever cleared are looked at."""
+        cleared = [(runs[(ti.dag_id, ti.run_id)].id, ti.task_id, ti.map_index, ti.try_number)
+                   for ti in instances if ti.state in RESET_STATES
+                   and runs[(ti.dag_id, ti.run_id)].clear_number != 0]
+        if cleared:
+            tx.reopen(task_instance_finished, cleared)
 
     def _fold_finished(self, tx: CacheTransaction, instances: list[TaskInstance],
                        runs: dict[tuple[str, str], DagRun], now: datetime) -> list[TaskInstance]:
