@@ -25,6 +25,7 @@ from bridge import cli
 from bridge.demo import demo
 from bridge.demo.simulator import DAGS, FETCH, MONITOR, PREDICT, Simulator, plan_day
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
+from tests.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_FILE = ROOT / "deploy" / "bridge" / "metrics.yaml"
@@ -115,7 +116,7 @@ def test_the_bridge_reads_exactly_what_was_simulated(airflow_db: AirflowDb,
 
 
 def test_prometheus_config_points_at_the_demo(tmp_path: Path) -> None:
-    checkout = demo.Checkout(ROOT)
+    checkout = demo.DemoFiles.checkout(ROOT)
     generated = demo.prometheus_config(checkout, "127.0.0.1:19101", "127.0.0.1:19090")
     targets = [t for job in generated["scrape_configs"] for s in job["static_configs"]
                for t in s["targets"]]
@@ -132,13 +133,49 @@ def test_prometheus_config_points_at_the_demo(tmp_path: Path) -> None:
         assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_outside_a_source_checkout_the_demo_explains_and_exits_2(
+def test_without_its_files_the_demo_explains_and_exits_2(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Neither a checkout nor the wheel's copies (an editable install has none)."""
     monkeypatch.setattr(demo, "ROOT", tmp_path)
     args = cli._parser().parse_args(["demo"])
     assert demo.run(args) == 2
-    assert "source checkout" in capsys.readouterr().err
+    assert "lacks the demo's files" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The console script of the wheel built from this tree, in a fresh virtualenv."""
+    work = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(work / "dist"), str(ROOT)], check=True, capture_output=True)
+    wheel = next((work / "dist").glob("airflow_metrics_bridge-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
+    subprocess.run([str(work / "venv" / "bin" / "pip"), "install", "-q", f"{wheel}[demo]"],
+                   check=True, capture_output=True)
+    return work / "venv" / "bin" / "airflow-metrics-bridge"
+
+
+@pytest.fixture(params=["checkout", "wheel"])
+def bridge_command(request: pytest.FixtureRequest) -> list[str]:
+    if request.param == "checkout":
+        return [sys.executable, "-m", "bridge.cli"]
+    return [str(request.getfixturevalue("installed_wheel"))]
+
+
+def test_installed_wheel_checks_a_metadata_db(installed_wheel: Path, tmp_path: Path,
+                                             pg: Postgres,
+                                             airflow_templates: dict[str, str]) -> None:
+    env = {"PATH": os.environ.get("PATH", ""),
+           "BRIDGE_AIRFLOW_DB_URL": pg.libpq(airflow_templates["3.3.2"]),
+           "BRIDGE_CACHE_URL": f"sqlite:///{tmp_path / 'cache.db'}"}
+    check = subprocess.run([str(installed_wheel), "check"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert "config: OK" in check.stdout, check.stdout + check.stderr
+    assert "reachable, Airflow 3." in check.stdout, check.stdout
+    help_text = subprocess.run([str(installed_wheel), "demo", "--help"], env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60)
+    assert help_text.returncode == 0 and "--day-seconds" in help_text.stdout
 
 
 def test_the_demo_options_leave_the_other_commands_alone() -> None:
@@ -183,12 +220,13 @@ def _leftovers(marker: str) -> list[str]:
     return found
 
 
-def test_demo_serves_live_metrics_and_stops_clean(tmp_path: Path) -> None:
+def test_demo_serves_live_metrics_and_stops_clean(tmp_path: Path,
+                                                  bridge_command: list[str]) -> None:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "demo", "--listen", f"127.0.0.1:{port}",
+        [*bridge_command, "demo", "--listen", f"127.0.0.1:{port}",
          "--day-seconds", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

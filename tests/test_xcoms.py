@@ -328,7 +328,8 @@ def test_label_length_is_configurable() -> None:
 
 def test_reasons_are_fixed_label_values() -> None:
     assert REASONS == ("missing", "too_large", "pickled", "invalid_utf8", "invalid_json",
-                       "too_deep", "path_not_found", "not_numeric", "not_finite", "not_a_string", "negative")
+                       "too_deep", "path_not_found", "not_numeric", "not_finite", "not_a_string",
+                       "negative")
     assert str(XcomValueError("missing")) == "missing"
     with pytest.raises(ValueError):
         XcomValueError("bogus")  # type: ignore[arg-type]

