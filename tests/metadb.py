@@ -256,7 +256,14 @@ class TaskWriter:
                           "hostname) VALUES (%s, %s, %s, %s, 'host')",
                           (job_type, state, at, at))
 
-    def dag(self, dag_id: str, paused: bool) -> None:
+    def dag(self, dag_id: str, paused: bool, owners: str | None = None,
+            tags: tuple[str, ...] = ()) -> None:
+        self._dag_row(dag_id, paused)
+        self.conn.execute("UPDATE dag SET owners = %s WHERE dag_id = %s", (owners, dag_id))
+        for tag in tags:
+            self.conn.execute("INSERT INTO dag_tag (name, dag_id) VALUES (%s, %s)", (tag, dag_id))
+
+    def _dag_row(self, dag_id: str, paused: bool) -> None:
         if self.af.v3:
             self.conn.execute("INSERT INTO dag_bundle (name, active) VALUES ('dags-folder', true) "
                               "ON CONFLICT DO NOTHING")

@@ -102,7 +102,7 @@ def test_migrate_then_refresh_once_prints_valid_metrics(airflow_db: AirflowDb,
         '1.0' in result.stdout
     assert 'airflow_dag_run_finished_total{dag_id="etl",run_type="manual",state="failed"} ' \
         '1.0' in result.stdout
-    assert "# HELP airflow_dag_runs DAG runs queued or running now. Refreshed every 30s" \
+    assert "# HELP airflow_dag_runs DAG runs queued or running now. Refreshed every 10s" \
         in result.stdout
     _promtool_check_metrics(result.stdout)
     report = run_cli("report", "dags", "--since", "2026-10-01", "--format", "csv", env=env,

@@ -35,7 +35,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 
 # Exactly the tables the bridge reads (bridge/source.py READ_TABLES).
 BRIDGE_TABLES = ("dag_run", "task_instance", "task_instance_history", "xcom", "slot_pool",
-                 "job", "dag", "import_error", "parse_import_error", "alembic_version")
+                 "job", "dag", "dag_tag", "import_error", "parse_import_error", "alembic_version")
 MONITORING_SERVICES = {"prometheus", "alertmanager", "grafana"}
 CORE_SERVICES = {"postgres", "airflow-init", "airflow-scheduler", "airflow-api-server",
                  "airflow-dag-processor", "bridge-grants", "bridge"}

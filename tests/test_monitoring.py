@@ -261,8 +261,8 @@ def _amtool_version(amtool: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def test_alertmanager_config_is_valid(tmp_path: Path) -> None:
-    amtool = require_tool("amtool")
+def _checkable_config(amtool: str, tmp_path: Path) -> Path:
+    """The shipped config, or for an amtool older than 0.28 a copy it can read."""
     config_path = ALERTMANAGER_CONFIG
     if _amtool_version(amtool) < (0, 28):
         # discord_configs.webhook_url_file exists from Alertmanager 0.28 on
@@ -271,11 +271,33 @@ def test_alertmanager_config_is_valid(tmp_path: Path) -> None:
         text = ALERTMANAGER_CONFIG.read_text(encoding="utf-8")
         assert "webhook_url_file:" in text
         config_path = tmp_path / "alertmanager.yml"
-        config_path.write_text(text.replace(
-            "webhook_url_file: /run/secrets/discord_webhook_url",
-            "webhook_url: https://discord.invalid/api/webhooks/0/test"), encoding="utf-8")
-    result = run([amtool, "check-config", str(config_path)])
+        config_path.write_text(re.sub(
+            r"webhook_url_file: /run/secrets/\w+",
+            "webhook_url: https://discord.invalid/api/webhooks/0/test", text), encoding="utf-8")
+    return config_path
+
+
+def test_alertmanager_config_is_valid(tmp_path: Path) -> None:
+    amtool = require_tool("amtool")
+    result = run([amtool, "check-config", str(_checkable_config(amtool, tmp_path))])
     assert "SUCCESS" in result.stdout, result.stdout
+
+
+def test_alertmanager_routes_by_dag_owner(tmp_path: Path) -> None:
+    """The owners label the alert rules join from airflow_dag_info picks the channel."""
+    amtool = require_tool("amtool")
+    config_path = _checkable_config(amtool, tmp_path)
+    expected = {"ml-team": "discord-ml-team", "airflow, ml-team": "discord-ml-team",
+                "ml-team,data": "discord-ml-team", "ml-teamx": "discord", "data-eng": "discord"}
+    for owners, receiver in expected.items():
+        for severity in ("warning", "critical"):
+            routed = run([amtool, "config", "routes", "test", f"--config.file={config_path}",
+                          f"owners={owners}", "alertname=AirflowDagRunFailed",
+                          f"severity={severity}"])
+            assert routed.stdout.strip() == receiver, (owners, routed.stdout)
+    unowned = run([amtool, "config", "routes", "test", f"--config.file={config_path}",
+                   "alertname=AirflowDagRunFailed", "severity=warning"])
+    assert unowned.stdout.strip() == "discord"
 
 
 def test_alertmanager_routes_to_discord_with_file_secret() -> None:

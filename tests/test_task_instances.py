@@ -187,10 +187,13 @@ def test_heartbeats_paused_dags_and_import_errors(airflow_db: AirflowDb, tasks: 
     tasks.heartbeat("SchedulerJob", T0 - timedelta(hours=1), state="failed")
     tasks.heartbeat("SchedulerJob", T0)
     tasks.heartbeat("TriggererJob", T0 + timedelta(seconds=5))
-    tasks.dag("etl", paused=False)
+    tasks.dag("etl", paused=False, owners="data-eng", tags=("team:data", "nightly"))
     tasks.dag("old_report", paused=True)
     tasks.import_error("dags/broken.py", T0)
     scrape = bridge.cycle()
+    assert scrape.series("airflow_dag_info") == {
+        frozenset({("dag_id", "etl"), ("owners", "data-eng"), ("tags", "nightly,team:data")}): 1,
+        frozenset({("dag_id", "old_report"), ("owners", ""), ("tags", "")}): 1}
     beats = scrape.series("airflow_job_last_heartbeat_timestamp_seconds")
     assert beats == {frozenset({("job_type", "SchedulerJob")}): T0.timestamp(),
                      frozenset({("job_type", "TriggererJob")}): T0.timestamp() + 5}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 ACTIVE_RUN_STATES = ("queued", "running")
@@ -73,5 +73,7 @@ class CurrentState:
     pools: dict[str, tuple[int, bool]]  # pool -> (slots, deferred tasks take slots)
     pool_usage: dict[tuple[str, str], int]  # (pool, running|queued|deferred) -> slots
     heartbeats: dict[str, datetime]  # job_type -> latest heartbeat
-    paused: dict[str, bool]
+    paused: dict[str, bool]  # every DAG Airflow still parses -> paused
     import_errors: int
+    owners: dict[str, str] = field(default_factory=dict)  # dag_id -> `owners` as Airflow keeps it
+    tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dag_id -> sorted tags

@@ -29,6 +29,7 @@ class AirflowSchema:
     xcom_size: str  # SQL size of xcom.value: bytea (2.x) as is, jsonb (3.x) as text
     xcom_value: str  # SQL of xcom.value as UTF-8 bytes, so no driver parses jsonb (3.x)
     dag_alive: str  # SQL condition for DAGs still parsed: `is_active` (2.x), `NOT is_stale`
+    dag_tag_readable: bool  # roles granted before DAG tags were read may lack SELECT on it
 
 
 def _known_revisions() -> dict[str, str]:
@@ -55,6 +56,9 @@ def detect_schema(conn: Connection) -> AirflowSchema:
         raise SchemaError("dag_run has neither execution_date nor logical_date: unsupported "
                           "Airflow schema (the bridge reads Airflow 2.7+ and 3.x)")
     history = conn.execute(text("SELECT to_regclass('task_instance_history')")).scalar()
+    dag_tag = bool(conn.execute(text(
+        "SELECT to_regclass('dag_tag') IS NOT NULL "
+        "AND has_table_privilege(current_user, 'dag_tag', 'SELECT')")).scalar())
     # The schema only tells the first release with this migration head, hence the "+".
     known = _known_revisions().get(str(revision))
     version = f"{known}+" if known else f"{major}.x"
@@ -69,4 +73,5 @@ def detect_schema(conn: Connection) -> AirflowSchema:
         xcom_size="octet_length(value::text)" if major >= 3 else "octet_length(value)",
         xcom_value="convert_to(value::text, 'UTF8')" if major >= 3 else "value",
         dag_alive="NOT is_stale" if major >= 3 else "is_active",
+        dag_tag_readable=dag_tag,
     )

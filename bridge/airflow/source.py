@@ -22,7 +22,7 @@ from bridge.config import Settings
 from bridge.errors import SourceError, first_line
 
 READ_TABLES = ("dag_run", "task_instance", "task_instance_history", "xcom", "slot_pool", "job",
-               "dag", "import_error", "alembic_version")
+               "dag", "dag_tag", "import_error", "alembic_version")
 CHUNK = 1000
 HEARTBEAT_JOB_TYPES = ("SchedulerJob", "TriggererJob", "DagProcessorJob")
 
@@ -193,11 +193,18 @@ class Reader:
                                 f"WHERE job_type = '{job_type}'")
             if rows and rows[0].beat is not None:
                 heartbeats[job_type] = rows[0].beat
-        alive = self.schema.dag_alive
-        paused = {str(r.dag_id): bool(r.is_paused) for r in self.execute(
-            f"SELECT dag_id, coalesce(is_paused, false) AS is_paused FROM dag WHERE {alive}")}
+        dags = self.execute(
+            "SELECT dag_id, coalesce(is_paused, false) AS is_paused, coalesce(owners, '') "
+            f"AS owners FROM dag WHERE {self.schema.dag_alive}")
+        tags: dict[str, list[str]] = {}
+        if self.schema.dag_tag_readable:
+            for row in self.execute("SELECT dag_id, name FROM dag_tag ORDER BY dag_id, name"):
+                tags.setdefault(str(row.dag_id), []).append(str(row.name))
         errors = int(self.execute("SELECT count(*) AS n FROM import_error")[0].n)
-        return CurrentState(pools, usage, heartbeats, paused, errors)
+        return CurrentState(
+            pools, usage, heartbeats, {str(r.dag_id): bool(r.is_paused) for r in dags}, errors,
+            owners={str(r.dag_id): str(r.owners) for r in dags},
+            tags={dag_id: tuple(names) for dag_id, names in tags.items()})
 
     def max_run_id(self) -> int:
         return int(self.execute("SELECT coalesce(max(id), 0) FROM dag_run")[0][0])

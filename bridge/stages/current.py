@@ -32,7 +32,12 @@ DAG_PAUSED = MetricSpec(
     "airflow_dag_paused", "gauge", "1 if the DAG is paused, else 0.", ("dag_id",))
 IMPORT_ERRORS = MetricSpec(
     "airflow_dag_import_errors", "gauge", "DAG files that currently fail to import.")
-SPECS = (ACTIVE_RUNS, TASK_INSTANCES, POOL_SLOTS, HEARTBEAT, DAG_PAUSED, IMPORT_ERRORS)
+DAG_INFO = MetricSpec(
+    "airflow_dag_info", "gauge",
+    "Always 1 for each DAG Airflow parses; its owners and tags (comma-separated), to join on "
+    "dag_id, e.g. to route alerts by team.", ("dag_id", "owners", "tags"))
+SPECS = (ACTIVE_RUNS, TASK_INSTANCES, POOL_SLOTS, HEARTBEAT, DAG_PAUSED, IMPORT_ERRORS, DAG_INFO)
+MAX_INFO_LABEL = 200  # owners and tags are free text in Airflow
 
 TASK_STATES_NOW = ("scheduled", "queued", "running", "deferred", "up_for_retry",
                    "up_for_reschedule")
@@ -75,6 +80,10 @@ def series(now: Live, known_dags: Iterable[str]) -> dict[str, Series]:
                            for job, beat in state.heartbeats.items()}
     out[DAG_PAUSED.name] = {(("dag_id", d),): float(p) for d, p in state.paused.items()}
     out[IMPORT_ERRORS.name] = {(): state.import_errors}
+    out[DAG_INFO.name] = {
+        (("dag_id", d), ("owners", state.owners.get(d, "").strip()[:MAX_INFO_LABEL]),
+         ("tags", ",".join(state.tags.get(d, ()))[:MAX_INFO_LABEL])): 1.0
+        for d in state.paused}
     return out
 
 

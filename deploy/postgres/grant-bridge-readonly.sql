@@ -43,7 +43,7 @@ BEGIN
 
     FOREACH table_name IN ARRAY ARRAY[
         'dag_run', 'task_instance', 'task_instance_history', 'xcom', 'slot_pool',
-        'job', 'dag', 'import_error', 'parse_import_error', 'alembic_version'
+        'job', 'dag', 'dag_tag', 'import_error', 'parse_import_error', 'alembic_version'
     ] LOOP
         rel := to_regclass(quote_ident(table_name));
         IF rel IS NULL THEN

@@ -39,14 +39,16 @@ write airflow_fernet_key "$(fernet_key)"
 # The URLs embed the passwords above (hex, so no URL escaping is needed).
 write airflow_db_url "postgresql+psycopg2://airflow:$(value airflow_db_password)@postgres:5432/airflow"
 write bridge_db_url "postgresql+psycopg://airflow_bridge:$(value bridge_db_password)@postgres:5432/airflow"
-if [[ ! -e discord_webhook_url.txt ]]; then
-    # A syntactically valid placeholder so Alertmanager starts; notifications
-    # fail until the real URL is filled in.
-    printf '%s' "https://discord.invalid/api/webhooks/0/replace-me" > discord_webhook_url.txt
-    echo "created discord_webhook_url.txt (placeholder: put the real webhook URL in it)"
-else
-    echo "keep    discord_webhook_url.txt"
-fi
+# Syntactically valid placeholders so Alertmanager starts; notifications fail
+# until the real URLs are filled in: the default channel, and one per team route.
+for hook in discord_webhook_url discord_webhook_url_ml_team; do
+    if [[ ! -e "$hook.txt" ]]; then
+        printf '%s' "https://discord.invalid/api/webhooks/0/replace-me" > "$hook.txt"
+        echo "created $hook.txt (placeholder: put the real webhook URL in it)"
+    else
+        echo "keep    $hook.txt"
+    fi
+done
 
 # The containers run as different non-root users (postgres, airflow, the
 # bridge, grafana, nobody) and compose bind-mounts these files with their host
