@@ -12,10 +12,14 @@
 -- existing database). Tables are looked up through the search_path, like
 -- Airflow does, so a non-default schema works when the session's search_path
 -- points at it; the role also gets USAGE on that schema if it lacks it.
--- Tables that do not exist in this Airflow version (import_error in
--- Airflow 3, parse_import_error in Airflow 2, task_instance_history before
--- 2.10) are skipped. Re-running is harmless; re-run it after an Airflow
--- upgrade.
+-- Tables that do not exist in this Airflow version are skipped:
+-- task_instance_history, before Airflow 2.10. Every version keeps import
+-- errors in import_error (Airflow 3's ParseImportError model included); no
+-- version has a parse_import_error table, so that entry of the list is always
+-- skipped. This is why the script, not a plain GRANT listing the tables, is
+-- the way to grant: a GRANT naming task_instance_history fails on Airflow
+-- 2.7-2.9 with `relation "task_instance_history" does not exist`.
+-- Re-running is harmless; re-run it after an Airflow upgrade.
 
 \if :{?bridge_role}
 \else
