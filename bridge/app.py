@@ -14,17 +14,19 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Self
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import __version__, config
+from bridge.airflow.privileges import WritableRoleError, inspect_role
 from bridge.airflow.source import Source
 from bridge.cache.database import Cache
 from bridge.cache.totals import EMPTY, Aggregates
@@ -52,11 +54,17 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 
 class Refresher:
-    """Runs cycles and owns the state /metrics shows; one cycle at a time."""
+    """Runs cycles and owns the state /metrics shows; one cycle at a time.
+
+    With `check_role`, the first cycle that reaches the metadata DB asks, in its read-only
+    transaction and before anything else, whether the role could write; unless the
+    settings allow it, that cycle and every later one refuse (`refused` says why) and
+    `on_refused` is called once.
+    """
 
     def __init__(self, settings: Settings, source: Source, cache: Cache,
                  collector: SnapshotCollector,
-                 clock: Callable[[], datetime] = naive_utc_now) -> None:
+                 clock: Callable[[], datetime] = naive_utc_now, check_role: bool = False) -> None:
         self.settings = settings
         self.source = source
         self.cache = cache
@@ -77,10 +85,18 @@ class Refresher:
         self._live = Live()
         self._dropped = 0
         self._health = Health(version=__version__)
+        self._role_checked = not check_role
+        self.refused: WritableRoleError | None = None
+        self.on_refused: Callable[[], None] | None = None
+        # When each DAG was last seen alive in the metadata DB (or active, or finishing);
+        # DAGs of the cache not seen for `dags.forget_after` are no longer served.
+        self._last_seen: dict[str, datetime] = {}
+        self._forgotten: frozenset[str] = frozenset()
 
     def load_cached(self) -> None:
         """Serve the cached totals right away, before the metadata DB is reached."""
         self._aggregates = self.cache.aggregates(self._bounds)
+        self._see((), self.clock())  # in memory only: after a restart every DAG starts seen
         self._publish(metadb_up=False)
 
     def refresh(self) -> bool:
@@ -89,12 +105,16 @@ class Refresher:
             job = REFRESH_JOB
             started = time.perf_counter()
             try:
+                if self.refused is not None:
+                    raise self.refused
                 # The cache transaction and its lock come first: cycles of bridges sharing
                 # a cache run one after the other, each on a metadata snapshot taken after
                 # the previous one committed, so none can overwrite newer watermarks.
                 with self.cache.transaction() as tx:
                     tx.lock()
                     with self.source.reading() as reader:
+                        if not self._role_checked:
+                            self._check_role(reader.conn)
                         now = self.clock()
                         cycle = self.dag_runs.run(reader, tx, now)
                         tasks = self.task_instances.run(reader, tx, cycle, now)
@@ -102,6 +122,12 @@ class Refresher:
                         state = reader.current_state()
                         rows_read = reader.rows_read
                 self._aggregates = self.cache.aggregates(self._bounds)
+            except WritableRoleError as exc:
+                self._refuse(exc)
+                self._refreshes[(job, "error")] += 1
+                self._durations[job] = time.perf_counter() - started
+                self._publish(metadb_up=self._health.metadb_up)
+                return False
             except Exception as exc:  # a failed cycle must never stop the schedule
                 source_down = isinstance(exc, SourceError | SchemaError)
                 where = "metadata DB" if source_down else (
@@ -122,6 +148,11 @@ class Refresher:
             self._durations[job] = elapsed
             self._last_success[job] = time.time()
             self._live = current.live(cycle, tasks, state)
+            self._see({*state.paused, *(r.dag_id for r in cycle.finished_runs),
+                       *(ti.dag_id for ti in tasks.finished),
+                       *(d for d, _ in self._live.active_runs),
+                       *(d for d, _ in self._live.task_instances)}, now)
+            self._forget(now)
             self.last_cycle = cycle
             self.last_rows_read = rows_read
             self._publish(metadb_up=True)
@@ -131,6 +162,48 @@ class Refresher:
                       len(tasks.finished), tasks.retries, business.values, business.errors,
                       rows_read, elapsed)
             return True
+
+    def _check_role(self, conn: Connection) -> None:
+        """Refuse (raise) or warn when the role could write; asked once per process."""
+        try:
+            access = inspect_role(conn)
+        except SQLAlchemyError as exc:
+            raise SourceError(first_line(exc)) from exc
+        if access.read_only:
+            log.info("metadata DB role %r is read-only", access.role)
+        elif self.settings.allow_writable_role:
+            log.warning("%s; running anyway (allow_writable_role)", access.why())
+        else:
+            raise WritableRoleError(access)
+        self._role_checked = True
+
+    def _refuse(self, exc: WritableRoleError) -> None:
+        first = self.refused is None
+        self.refused = exc
+        if first:
+            log.error("refusing to read the metadata DB: %s", exc)
+            if self.on_refused is not None:
+                self.on_refused()
+
+    def _see(self, dags: Iterable[str], now: datetime) -> None:
+        """Mark `dags` seen now; DAGs the totals know but this process never saw start now."""
+        for dag in dags:
+            self._last_seen[dag] = now
+        for dag in _dags_of(self._aggregates):
+            self._last_seen.setdefault(dag, now)
+
+    def _forget(self, now: datetime) -> None:
+        """Stop serving DAGs unseen for longer than `forget_after` (their totals stay)."""
+        horizon = now - timedelta(seconds=self.settings.forget_after)
+        forgotten = frozenset(d for d, seen in self._last_seen.items() if seen < horizon)
+        if forgotten != self._forgotten:
+            gone, back = sorted(forgotten - self._forgotten), sorted(self._forgotten - forgotten)
+            if gone:
+                log.info("no longer serving %d DAG(s) gone from the metadata DB for over %gs: "
+                         "%s", len(gone), self.settings.forget_after, ", ".join(gone[:20]))
+            if back:
+                log.info("serving %d DAG(s) again: %s", len(back), ", ".join(back[:20]))
+        self._forgotten = forgotten
 
     def next_delay(self) -> float:
         """The normal interval, soon while a backfill continues, or exponential backoff."""
@@ -152,22 +225,38 @@ class Refresher:
         self._health = replace(
             self._health, airflow_version=airflow_version, metadb_up=metadb_up,
             refreshes=dict(self._refreshes), durations=dict(self._durations),
-            last_success=dict(self._last_success), series_dropped=self._dropped)
-        series = airflow_series(self._aggregates, self._live)
+            last_success=dict(self._last_success))
+        series = airflow_series(self._aggregates, self._live, self._forgotten)
         dropped = self.collector.publish(Snapshot(series, self._health))
-        if dropped:
-            self._dropped += dropped
-            log.warning("max_series (%d) reached: %d series left out of /metrics",
-                        self.settings.max_series, dropped)
+        if dropped != self._dropped:  # logged when it changes, not at every cycle
+            if dropped:
+                log.warning("max_series (%d) reached: %d series of per-task families left out "
+                            "of /metrics", self.settings.max_series, dropped)
+            else:
+                log.info("max_series (%d) no longer reached: every series is served",
+                         self.settings.max_series)
+        self._dropped = dropped
 
 
-def airflow_series(totals: Aggregates, now: Live) -> dict[str, Series]:
+def _dags_of(totals: Aggregates) -> set[str]:
+    return {dag for families in (totals.counters, totals.gauges, totals.histograms)
+            for family in families.values() for labels in family
+            for name, dag in labels if name == "dag_id"}
+
+
+def airflow_series(totals: Aggregates, now: Live,
+                   forgotten: frozenset[str] = frozenset()) -> dict[str, Series]:
     """Every Airflow and business family's samples: the cache's totals and the gauges of
-    now, with zeros for every DAG the totals know."""
+    now, with zeros for every DAG the totals know, except the `forgotten` DAGs."""
     known = {dict(labels).get("dag_id", "") for family in totals.counters.values()
-             for labels in family} - {""}
-    return {**totals.counters, **totals.gauges, **totals.histograms,
-            **current.series(now, known)}
+             for labels in family} - {""} - forgotten
+    series: dict[str, Series] = {**totals.counters, **totals.gauges, **totals.histograms,
+                                 **current.series(now, known)}
+    if not forgotten:
+        return series
+    return {name: {labels: value for labels, value in family.items()
+                   if not any(k == "dag_id" and v in forgotten for k, v in labels)}
+            for name, family in series.items()}
 
 
 class Schedule:
@@ -188,6 +277,8 @@ class Schedule:
 
     def _tick(self) -> None:
         self.refresher.refresh()
+        if self.refresher.refused is not None:
+            return  # the bridge is stopping: nothing to reschedule
         delay = self.refresher.next_delay()
         if delay != self._delay:
             self._delay = delay
@@ -210,14 +301,17 @@ class Bridge:
     refresher: Refresher
 
     @classmethod
-    def build(cls, settings: Settings) -> Self:
-        """Migrate the cache and serve its totals at once, before the metadata DB is read."""
+    def build(cls, settings: Settings, check_role: bool = False) -> Self:
+        """Migrate the cache and serve its totals at once, before the metadata DB is read.
+
+        `check_role`: refuse to read with a role that could write (see `Refresher`).
+        """
         settings.require_airflow_url()
         cache = Cache(settings.cache_url)
         cache.migrate()
         source = Source(settings)
         collector = SnapshotCollector(View.of(settings))
-        refresher = Refresher(settings, source, cache, collector)
+        refresher = Refresher(settings, source, cache, collector, check_role=check_role)
         refresher.load_cached()
         return cls(settings, cache, source, collector, refresher)
 
@@ -227,8 +321,8 @@ class Bridge:
 
 
 @contextmanager
-def running(settings: Settings) -> Iterator[Bridge]:
-    bridge = Bridge.build(settings)
+def running(settings: Settings, check_role: bool = False) -> Iterator[Bridge]:
+    bridge = Bridge.build(settings, check_role)
     try:
         yield bridge
     finally:
@@ -236,10 +330,15 @@ def running(settings: Settings) -> Iterator[Bridge]:
 
 
 def serve(settings: Settings, stop: threading.Event,
-          started: Callable[[int], None] | None = None) -> None:
-    """Refresh on a schedule and serve HTTP until `stop` is set; `started` gets the port."""
+          started: Callable[[int], None] | None = None) -> bool:
+    """Refresh on a schedule and serve HTTP until `stop` is set; `started` gets the port.
+
+    False when it stopped by itself because the metadata DB role could write and
+    `allow_writable_role` is not set (the reason is logged).
+    """
     log.info("airflow-metrics-bridge %s, config: %s", __version__, settings.redacted())
-    with running(settings) as bridge:
+    with running(settings, check_role=True) as bridge:
+        bridge.refresher.on_refused = stop.set
         server = HttpServer(settings.listen_host, settings.listen_port,
                             make_app(bridge.collector, bridge.refresher.ready.is_set,
                                      __version__))
@@ -252,4 +351,6 @@ def serve(settings: Settings, stop: threading.Event,
         stop.wait()
         schedule.stop()
         server.stop()
-    log.info("stopped")
+        refused = bridge.refresher.refused
+    log.info("stopped" if refused is None else "stopped: the metadata DB role can write")
+    return refused is None

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -15,8 +16,8 @@ from prometheus_client import generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge import __version__, app, config, report
-from bridge.airflow.schema import detect_schema
-from bridge.airflow.source import Source, write_privileges
+from bridge.airflow.privileges import FIX, inspect_role
+from bridge.airflow.source import Source
 from bridge.cache.database import Cache
 from bridge.demo import demo
 from bridge.errors import ConfigError, SchemaError, SourceError, first_line
@@ -53,12 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", parents=[common], help="refresh on a schedule and "
                                 "serve /metrics")
+    serve.add_argument("--allow-writable-role", action="store_true",
+                       help="run even if the metadata DB role could write (it is logged)")
     serve.set_defaults(func=cmd_serve)
     refresh = commands.add_parser("refresh", parents=[common], help="run the refresh jobs")
     refresh.add_argument("--once", action="store_true", required=True,
                          help="run every job once and exit")
     refresh.add_argument("--print", action="store_true", dest="print_metrics",
                          help="print the resulting /metrics text to stdout")
+    refresh.add_argument("--allow-writable-role", action="store_true",
+                         help="run even if the metadata DB role could write (it is logged)")
     refresh.set_defaults(func=cmd_refresh)
     migrate = commands.add_parser("migrate", parents=[common], help="create or upgrade the "
                                   "cache schema")
@@ -77,7 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
+def _role_policy(args: argparse.Namespace, settings: config.Settings) -> config.Settings:
+    """`--allow-writable-role` is the setting airflow.allow_writable_role, for one run."""
+    if args.allow_writable_role:
+        return replace(settings, allow_writable_role=True)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Refuses (exit 1) once it sees that the role could write, unless allowed."""
+    settings = _role_policy(args, settings)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -86,12 +100,12 @@ def cmd_serve(_args: argparse.Namespace, settings: config.Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    app.serve(settings, stop)
-    return EXIT_OK
+    return EXIT_OK if app.serve(settings, stop) else EXIT_FAILED
 
 
 def cmd_refresh(args: argparse.Namespace, settings: config.Settings) -> int:
-    with app.running(settings) as bridge:
+    settings = _role_policy(args, settings)
+    with app.running(settings, check_role=True) as bridge:
         ok = bridge.refresher.refresh()
         if args.print_metrics:
             sys.stdout.write(generate_latest(bridge.collector).decode())
@@ -127,18 +141,23 @@ def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
     source = Source(settings)
     airflow_url = config.redact_url(url)
     try:
-        with source.engine.connect() as conn:
-            schema = detect_schema(conn)
+        # Detection and the privilege questions run like a cycle's reads: in a read-only
+        # transaction, after the statement and lock timeouts are set.
+        with source.reading() as reader:
+            schema = reader.schema
             print(f"airflow: {airflow_url} reachable, Airflow {schema.airflow_version} "
                   f"(schema revision {schema.revision})")
-            writes = write_privileges(conn)
-        if writes:
-            problems += 1
-            print("airflow: DANGER: the bridge's role can write to the metadata DB: "
-                  + "; ".join(writes) + ". Connect with a read-only role (SELECT only, see "
-                  "deploy/postgres/grant-bridge-readonly.sql).")
+            access = inspect_role(reader.conn)
+        if access.read_only:
+            print(f"airflow: role {access.role!r} is read-only (every relation of schema "
+                  f"{access.schema!r} checked): OK")
         else:
-            print("airflow: role is read-only: OK")
+            problems += 1
+            print(f"airflow: DANGER: the bridge's role {access.role!r} can write to the "
+                  "metadata DB:")
+            for problem in access.problems:
+                print(f"  - {problem}")
+            print(f"  {FIX}")
     except (SQLAlchemyError, SourceError) as exc:
         problems += 1
         print(f"airflow: {airflow_url} NOT reachable: {first_line(exc)}")

@@ -2,7 +2,8 @@
 
 A scrape hands over the rendered bytes of the latest snapshot; it never touches a
 database. Cardinality controls (DAG include/exclude patterns, no task_id label, a cap on
-series) apply here, when a snapshot is built, so the cache always keeps everything.
+series that sheds per-task families only) apply here, when a snapshot is built, so the
+cache always keeps everything.
 """
 
 from __future__ import annotations
@@ -66,39 +67,66 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 GZIP = ";gzip"
 
 
-class _Builder:
-    def __init__(self, view: View, reserve: int = 0) -> None:
-        self.view = view
-        self.room = view.max_series - reserve
-        self.dropped = 0
-        self.families: list[Metric] = []
+@dataclass(frozen=True)
+class _Prepared:
+    """One family's samples as they would be served, before the cap."""
 
-    def add(self, spec: MetricSpec, series: Series) -> None:
-        label_names = spec.labels
-        # Series cached under an earlier definition with other labels are not served.
-        series = {k: v for k, v in series.items() if {n for n, _ in k} == set(label_names)}
-        if "dag_id" in label_names:
-            series = {k: v for k, v in series.items() if self.view.shows_dag(dict(k)["dag_id"])}
-        if "task_id" in label_names and not self.view.task_id_label:
-            label_names = tuple(n for n in label_names if n != "task_id")
-            series = _without_task_id(series)
-        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
-                 "histogram": HistogramMetricFamily}
-        help_text = f"{spec.help} Refreshed every {self.view.interval:g}s by " \
-                    "airflow-metrics-bridge."
-        family: Any = kinds[spec.kind](spec.name, help_text, labels=label_names)
-        for labels, value in sorted(series.items()):
-            if self.room <= 0:
-                self.dropped += 1
-                continue
-            self.room -= 1
-            given = dict(labels)
-            values = [given.get(name, "") for name in label_names]
-            if isinstance(value, HistogramValue):
-                family.add_metric(values, [(_le(le), n) for le, n in value.buckets], value.sum)
-            else:
-                family.add_metric(values, value)
-        self.families.append(family)
+    spec: MetricSpec
+    label_names: tuple[str, ...]
+    series: tuple[tuple[Labels, float | HistogramValue], ...]  # sorted by labels
+
+    @property
+    def per_task(self) -> bool:
+        """Only per-task families grow with the DAGs' code; the cap sheds nothing else."""
+        return "task_id" in self.spec.labels
+
+
+def _prepare(spec: MetricSpec, series: Series, view: View) -> _Prepared:
+    label_names = spec.labels
+    # Series cached under an earlier definition with other labels are not served.
+    series = {k: v for k, v in series.items() if {n for n, _ in k} == set(label_names)}
+    if "dag_id" in label_names:
+        series = {k: v for k, v in series.items() if view.shows_dag(dict(k)["dag_id"])}
+    if "task_id" in label_names and not view.task_id_label:
+        label_names = tuple(n for n in label_names if n != "task_id")
+        series = _without_task_id(series)
+    return _Prepared(spec, label_names, tuple(sorted(series.items())))
+
+
+def _kept(families: list[_Prepared], room: int) -> list[int]:
+    """How many series of each family stay under the cap.
+
+    Only per-task families give way, the largest first (ties by name), each down to
+    nothing before the next is touched; the rest is always served, even past the cap.
+    """
+    kept = [len(f.series) for f in families]
+    excess = sum(kept) - room
+    for i in sorted((i for i, f in enumerate(families) if f.per_task),
+                    key=lambda i: (-kept[i], families[i].spec.name)):
+        if excess <= 0:
+            break
+        cut = min(kept[i], excess)
+        kept[i] -= cut
+        excess -= cut
+    return kept
+
+
+def _family(prepared: _Prepared, kept: int, interval: float) -> Metric:
+    """The family with its first `kept` label sets (in label order: a stable cut)."""
+    spec = prepared.spec
+    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+             "histogram": HistogramMetricFamily}
+    help_text = f"{spec.help} Refreshed every {interval:g}s by airflow-metrics-bridge."
+    family: Any = kinds[spec.kind](spec.name, help_text, labels=prepared.label_names)
+    for labels, value in prepared.series[:kept]:
+        given = dict(labels)
+        values = [given.get(name, "") for name in prepared.label_names]
+        if isinstance(value, HistogramValue):
+            family.add_metric(values, [(_le(le), n) for le, n in value.buckets], value.sum)
+        else:
+            family.add_metric(values, value)
+    built: Metric = family
+    return built
 
 
 def _without_task_id(series: Series) -> Series:
@@ -122,18 +150,24 @@ def _merge(left: Any, right: Any) -> Any:
 
 
 def build_families(snapshot: Snapshot, view: View) -> tuple[list[Metric], int]:
-    """Families in catalog order (the bridge's own first), and how many series the cap left
-    out. The cap never applies to the bridge's own families."""
+    """Families in catalog order (the bridge's own first), and how many series the cap
+    left out. The bridge's own families count against the cap but are never cut; of the
+    rest only the per-task families are (see `_kept`): pool slots, heartbeats, DAG flags,
+    import errors and business metrics without a task_id label always stay."""
     sources = snapshot.series
-    airflow = _Builder(view, reserve=sum(len(s) for s in bridge_health.series(
-        snapshot.health, 0).values()))
-    for spec in (*AIRFLOW, *view.business):
-        airflow.add(spec, sources.get(spec.name, {}))
-    own = _Builder(view)
-    health = bridge_health.series(snapshot.health, airflow.dropped)
-    for spec in BRIDGE:
-        own.add(spec, health.get(spec.name) or sources.get(spec.name, {}))
-    return own.families + airflow.families, airflow.dropped
+    airflow = [_prepare(spec, sources.get(spec.name, {}), view)
+               for spec in (*AIRFLOW, *view.business)]
+    placeholder = bridge_health.series(snapshot.health, 0)
+    reserve = sum(len(_prepare(spec, placeholder.get(spec.name) or sources.get(spec.name, {}),
+                               view).series) for spec in BRIDGE)
+    kept = _kept(airflow, view.max_series - reserve)
+    dropped = sum(len(f.series) for f in airflow) - sum(kept)
+    health = bridge_health.series(snapshot.health, dropped)
+    own = [_prepare(spec, health.get(spec.name) or sources.get(spec.name, {}), view)
+           for spec in BRIDGE]
+    return ([_family(f, len(f.series), view.interval) for f in own]
+            + [_family(f, n, view.interval) for f, n in zip(airflow, kept, strict=True)],
+            dropped)
 
 
 def _le(bound: float) -> str:

@@ -41,6 +41,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "BRIDGE_LOOKBACK": ("lookback",),
     "BRIDGE_REFRESH_INTERVAL": ("refresh_interval",),
     "BRIDGE_METRICS_FILE": ("metrics_file",),
+    "BRIDGE_ALLOW_WRITABLE_ROLE": ("airflow", "allow_writable_role"),
 }
 FILE_SUFFIX = "_FILE"
 
@@ -88,6 +89,7 @@ class AirflowDbModel(_Model):
     connect_timeout: Duration = 10.0
     application_name: str = "airflow-metrics-bridge"
     pool_size: int = Field(default=2, ge=1, le=10)
+    allow_writable_role: bool = False
 
 
 class CacheModel(_Model):
@@ -105,6 +107,7 @@ class HistogramsModel(_Model):
 class DagsModel(_Model):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    forget_after: Duration = 86400.0
 
 
 class ConfigModel(_Model):
@@ -137,6 +140,7 @@ class Settings:
     connect_timeout: float
     application_name: str
     pool_size: int
+    allow_writable_role: bool  # serve and refresh even if the role could write
     listen_host: str
     listen_port: int
     refresh_interval: float
@@ -148,6 +152,7 @@ class Settings:
     histogram_buckets: Mapping[str, tuple[float, ...]]  # metric name -> bucket bounds
     include_dags: tuple[str, ...]
     exclude_dags: tuple[str, ...]
+    forget_after: float  # a DAG gone from the metadata DB this long is no longer served
     task_id_label: bool
     max_series: int
     metrics_file: str | None
@@ -177,6 +182,7 @@ class Settings:
                 "connect_timeout": self.connect_timeout,
                 "application_name": self.application_name,
                 "pool_size": self.pool_size,
+                "allow_writable_role": self.allow_writable_role,
             },
             "cache": {"url": redact_url(self.cache_url)},
             "listen_address": f"{self.listen_host}:{self.listen_port}",
@@ -188,7 +194,8 @@ class Settings:
             "batch_size": self.batch_size,
             "histograms": {name.removeprefix(HISTOGRAM_PREFIX): list(bounds)
                            for name, bounds in self.histogram_buckets.items()},
-            "dags": {"include": list(self.include_dags), "exclude": list(self.exclude_dags)},
+            "dags": {"include": list(self.include_dags), "exclude": list(self.exclude_dags),
+                     "forget_after": self.forget_after},
             "task_id_label": self.task_id_label,
             "max_series": self.max_series,
             "metrics_file": self.metrics_file,
@@ -346,6 +353,7 @@ def _settings(model: ConfigModel, source: str, base: Path | None,
         connect_timeout=model.airflow.connect_timeout,
         application_name=model.airflow.application_name,
         pool_size=model.airflow.pool_size,
+        allow_writable_role=model.airflow.allow_writable_role,
         listen_host=host,
         listen_port=port,
         refresh_interval=model.refresh_interval,
@@ -357,6 +365,7 @@ def _settings(model: ConfigModel, source: str, base: Path | None,
         histogram_buckets={HISTOGRAM_PREFIX + name: bounds for name, bounds in histograms},
         include_dags=model.dags.include,
         exclude_dags=model.dags.exclude,
+        forget_after=model.dags.forget_after,
         task_id_label=model.task_id_label,
         max_series=model.max_series,
         metrics_file=metrics_file,

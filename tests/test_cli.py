@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from bridge.cache.database import migrations_path
 from tests.conftest import AirflowDb
 from tests.metadb import T0
 from tests.postgres import Postgres
+from tests.test_privileges import MakeRole, roles
 
-READER_ROLE = "amb_test_reader"
+GRANT_SCRIPT = "deploy/postgres/grant-bridge-readonly.sql"
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -37,31 +39,85 @@ def _env(db: AirflowDb, tmp_path: Path) -> dict[str, str]:
             "BRIDGE_CACHE_URL": f"sqlite:///{tmp_path / 'cache.db'}", "BRIDGE_LOOKBACK": "all"}
 
 
-def _reader_url(pg: Postgres, db: AirflowDb) -> str:
-    """A role with SELECT on the tables the bridge reads, as deploy/ creates it."""
-    with pg.admin() as conn:
-        conn.execute(f"DO $$ BEGIN CREATE ROLE {READER_ROLE} LOGIN; "
-                     "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
-    db.writer.conn.execute(f"GRANT SELECT ON dag_run, task_instance, xcom, job, slot_pool, dag, "
-                           f"alembic_version TO {READER_ROLE}")
-    return db.url.set(username=READER_ROLE).render_as_string(hide_password=False)
+@pytest.fixture
+def make_role(pg: Postgres, airflow_db: AirflowDb) -> Iterator[MakeRole]:
+    yield from roles(pg, airflow_db)
 
 
-def test_check_passes_with_a_read_only_role(airflow_db: AirflowDb, pg: Postgres,
+def test_check_passes_with_a_read_only_role(airflow_db: AirflowDb, make_role: MakeRole,
                                             tmp_path: Path) -> None:
-    env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": _reader_url(pg, airflow_db)}
+    url = make_role()
+    role = url.split("://")[1].split("@")[0]
+    env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url}
     result = run_cli("check", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "role is read-only: OK" in result.stdout
+    assert f"airflow: role '{role}' is read-only (every relation of schema 'public' " \
+        "checked): OK" in result.stdout
     assert "check: OK" in result.stdout
+    # serve and refresh need no flag for it
+    refreshed = run_cli("refresh", "--once", env=env, cwd=tmp_path)
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert f"metadata DB role '{role}' is read-only" in refreshed.stderr
 
 
-def test_check_rejects_a_write_capable_role(airflow_db: AirflowDb, tmp_path: Path) -> None:
+def test_check_lists_what_a_role_could_write_beyond_the_tables_it_reads(
+        airflow_db: AirflowDb, make_role: MakeRole, tmp_path: Path) -> None:
+    url = make_role("GRANT UPDATE ON variable TO {role}", "GRANT DELETE ON connection TO {role}")
+    role = url.split("://")[1].split("@")[0]
+    env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url}
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    start = lines.index(f"airflow: DANGER: the bridge's role '{role}' can write to the "
+                        "metadata DB:")
+    assert lines[start + 1:start + 3] == ["  - DELETE on table connection",
+                                          "  - UPDATE on table variable"]
+    assert GRANT_SCRIPT in lines[start + 3]
+    assert lines[-1] == "check: 1 problem(s)"
+
+
+def test_check_rejects_the_superuser(airflow_db: AirflowDb, tmp_path: Path) -> None:
     result = run_cli("check", env=_env(airflow_db, tmp_path), cwd=tmp_path)
     assert result.returncode == 1
-    assert "DANGER: the bridge's role can write to the metadata DB" in result.stdout
-    assert "INSERT, UPDATE, DELETE, TRUNCATE on dag_run" in result.stdout
-    assert "read-only role" in result.stdout
+    assert "  - the role is a superuser (it may do anything)" in result.stdout
+
+
+def test_refresh_refuses_a_role_that_can_write_unless_allowed(
+        airflow_db: AirflowDb, make_role: MakeRole, tmp_path: Path) -> None:
+    url = make_role("ALTER TABLE variable OWNER TO {role}")
+    role = url.split("://")[1].split("@")[0]
+    env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url}
+    airflow_db.writer.complete_run("etl", logical_date=T0)
+    refused = run_cli("refresh", "--once", "--print", env=env, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert f"refusing to read the metadata DB: the metadata DB role '{role}' can write: " \
+        "owns table variable (an owner may write, alter and drop); owns sequence " \
+        "variable_id_seq" in refused.stderr
+    assert GRANT_SCRIPT in refused.stderr and "--allow-writable-role" in refused.stderr
+    assert "airflow_dag_run_finished_total{" not in refused.stdout, "nothing was read"
+    allowed = run_cli("refresh", "--once", "--print", "--allow-writable-role", env=env,
+                      cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    assert f"the metadata DB role '{role}' can write: owns table variable" in allowed.stderr
+    assert "running anyway (allow_writable_role)" in allowed.stderr
+    assert 'airflow_dag_run_finished_total{dag_id="etl",run_type="scheduled",' \
+        'state="success"} 1.0' in allowed.stdout
+    by_setting = run_cli("refresh", "--once", env={**env, "BRIDGE_ALLOW_WRITABLE_ROLE": "true"},
+                         cwd=tmp_path)
+    assert by_setting.returncode == 0, by_setting.stderr
+
+
+def test_serve_refuses_a_role_that_can_write(airflow_db: AirflowDb, make_role: MakeRole,
+                                             tmp_path: Path) -> None:
+    url = make_role("GRANT pg_write_all_data TO {role}")
+    env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url,
+           "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{_free_port()}"}
+    result = run_cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "can write: INSERT, UPDATE, DELETE on every table and sequence (member of " \
+        "pg_write_all_data)" in result.stderr
+    assert GRANT_SCRIPT in result.stderr
+    assert result.stderr.splitlines()[-1].endswith("stopped: the metadata DB role can write")
 
 
 def test_check_rejects_a_malformed_config(tmp_path: Path) -> None:
@@ -96,7 +152,8 @@ def test_migrate_then_refresh_once_prints_valid_metrics(airflow_db: AirflowDb,
     airflow_db.writer.complete_run("etl", logical_date=T0)
     airflow_db.writer.complete_run("etl", logical_date=T0 + timedelta(hours=1), run_type="manual",
                                    state="failed")
-    result = run_cli("refresh", "--once", "--print", env=env, cwd=tmp_path)
+    result = run_cli("refresh", "--once", "--print", "--allow-writable-role", env=env,
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'airflow_dag_run_finished_total{dag_id="etl",run_type="scheduled",state="success"} ' \
         '1.0' in result.stdout
@@ -146,7 +203,8 @@ def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
     port = _free_port()
     env = {**_env(airflow_db, tmp_path), "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve"], env={**clean, **env},
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve",
+                             "--allow-writable-role"], env={**clean, **env},
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -185,5 +243,6 @@ def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert "received SIGTERM, stopping after the current cycle" in output
+    assert "can write: the role is a superuser (it may do anything); running anyway" in output
     assert "stopped" in output.splitlines()[-1]
     assert "postgres:" not in output or "<secret>" in output or "@" not in output

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import generate_latest
 
+from bridge.airflow.rows import CurrentState
 from bridge.app import airflow_series
 from bridge.cache.totals import Aggregates
 from bridge.collector import Snapshot, SnapshotCollector, View, build_families
 from bridge.health import Health
-from bridge.metric import HistogramValue
+from bridge.metric import HistogramValue, Labels, MetricSpec
 from bridge.stages.current import Live
 from tests.conftest import Scrape
 
@@ -17,7 +20,7 @@ INF = float("inf")
 
 def make_snapshot() -> Snapshot:
     finished = "airflow_task_instance_finished_total"
-    counters = {
+    counters: dict[str, dict[Labels, float]] = {
         "airflow_dag_run_finished_total": {
             (("dag_id", "etl"), ("run_type", "scheduled"), ("state", "success")): 4.0,
             (("dag_id", "tmp_debug"), ("run_type", "manual"), ("state", "failed")): 1.0},
@@ -25,7 +28,7 @@ def make_snapshot() -> Snapshot:
             (("dag_id", "etl"), ("state", "success"), ("task_id", "a")): 3.0,
             (("dag_id", "etl"), ("state", "success"), ("task_id", "b")): 2.0},
     }
-    hist = {"airflow_task_instance_duration_seconds": {
+    hist: dict[str, dict[Labels, HistogramValue]] = {"airflow_task_instance_duration_seconds": {
         (("dag_id", "etl"), ("state", "success"), ("task_id", "a")):
             HistogramValue(((10.0, 1.0), (60.0, 3.0), (INF, 3.0)), 70.0, 3.0),
         (("dag_id", "etl"), ("state", "success"), ("task_id", "b")):
@@ -52,7 +55,7 @@ def test_known_dags_get_explicit_zero_gauges() -> None:
     assert scrape.value("airflow_dag_runs", dag_id="tmp_debug", state="running") == 0
     assert scrape.value("airflow_task_instances", dag_id="etl", state="queued") == 2
     assert scrape.value("airflow_task_instances", dag_id="tmp_debug", state="deferred") == 0
-    assert scrape.value("airflow_bridge_series_dropped_total") == 0
+    assert scrape.value("airflow_bridge_series_dropped") == 0
 
 
 def test_excluded_dags_are_not_served() -> None:
@@ -79,23 +82,94 @@ def test_without_task_id_labels_series_are_summed() -> None:
     assert scrape.value("airflow_task_instance_duration_seconds_count", **labels) == 5
 
 
-def test_series_cap_drops_airflow_series_never_bridge_health() -> None:
+def test_series_cap_never_cuts_bridge_health() -> None:
     view = View(30, max_series=12)
     families, dropped = build_families(make_snapshot(), view)
-    served = sum(len({tuple(sorted(s.labels.items())) for s in f.samples
-                      if not s.name.endswith(("_bucket", "_sum", "_count"))} |
-                     {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
-                      for s in f.samples if s.name.endswith("_count")})
-                 for f in families)
-    assert served == 12
-    # 22 Airflow series (2 run counters, 2 task counters, 2 histograms, 2 DAGs x 2 run
-    # states, 2 DAGs x 6 task states); 3 health series (up, dropped, build info) always stay.
-    assert dropped == 22 - (12 - 3)
+    served = {f.name: len({tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+                           for s in f.samples}) for f in families}
+    # 22 Airflow series: 2 run counters, 2 task counters, 2 task histograms, 2 DAGs x 2
+    # run states, 2 DAGs x 6 task states. Only the 4 per-task series may go: the other 16
+    # stay even past the cap, and so do the 3 health series (up, dropped, build info).
+    assert dropped == 4
+    assert served["airflow_task_instance_finished"] == 0  # the family name, without _total
+    assert served["airflow_task_instance_duration_seconds"] == 0
+    assert served["airflow_dag_runs"] == 4 and served["airflow_task_instances"] == 12
     scrape = render(view)
     assert scrape.value("airflow_bridge_metadb_up") == 1
-    assert scrape.value("airflow_bridge_series_dropped_total") == dropped
+    assert scrape.value("airflow_bridge_series_dropped") == 4
     assert scrape.value("airflow_bridge_build_info", version="1.0",
                         airflow_version="unknown") == 1
+
+
+ROWS = MetricSpec("bikes_rows_loaded", "gauge", "Rows loaded.", ("dag_id",))
+
+
+def capped_snapshot() -> Snapshot:
+    """42 Airflow and business series, 12 of them per task, plus 3 health series."""
+    def task(t: str) -> Labels:
+        return (("dag_id", "etl"), ("state", "success"), ("task_id", t))
+
+    tasks = "abcde"
+    bounds = ((10.0, 1.0), (INF, 1.0))
+    counters: dict[str, dict[Labels, float]] = {
+        "airflow_dag_run_finished_total": {
+            (("dag_id", "etl"), ("run_type", "scheduled"), ("state", "success")): 4.0,
+            (("dag_id", "tmp_debug"), ("run_type", "manual"), ("state", "failed")): 1.0},
+        "airflow_task_instance_finished_total": {task(t): 1.0 for t in tasks},
+        "airflow_task_instance_retries_total": {
+            (("dag_id", "etl"), ("task_id", t)): 1.0 for t in "ab"}}
+    hist: dict[str, dict[Labels, HistogramValue]] = {"airflow_task_instance_duration_seconds": {
+        task(t): HistogramValue(bounds, 5.0, 1.0) for t in tasks}}
+    gauges: dict[str, dict[Labels, float]] = {ROWS.name: {(("dag_id", "etl"),): 120.0}}
+    state = CurrentState(pools={"default_pool": (128, False)}, pool_usage={},
+                         heartbeats={"SchedulerJob": datetime(2026, 11, 1)},
+                         paused={"etl": False, "tmp_debug": True}, import_errors=1)
+    return snapshot_of(Aggregates(counters, gauges, hist), Live(state=state))
+
+
+def served_labels(scrape: Scrape, name: str) -> set[frozenset[tuple[str, str]]]:
+    return set(scrape.series(name))
+
+
+def test_series_cap_sheds_the_largest_per_task_families_first() -> None:
+    # 30 small series (2 run counters, 4 active-run and 12 task-instance gauges, 5 pool
+    # slots, 1 heartbeat, 2 paused, 1 import errors, 2 DAG info, 1 business) and 12
+    # per-task ones (5 finished, 5 duration histograms, 2 retries); 3 health series; the
+    # cap leaves room for 45 - 6 = 39: the 6 go from the two largest per-task families,
+    # equal in size, by name: all 5 durations, then the last finished counter in label
+    # order.
+    view = View(30, max_series=39, business=(ROWS,))
+    scrape = render(view, capped_snapshot())
+    assert scrape.value("airflow_bridge_series_dropped") == 6
+    assert served_labels(scrape, "airflow_task_instance_duration_seconds_count") == set()
+    assert served_labels(scrape, "airflow_task_instance_finished_total") == {
+        frozenset({("dag_id", "etl"), ("state", "success"), ("task_id", t)}) for t in "abcd"}
+    assert len(served_labels(scrape, "airflow_task_instance_retries_total")) == 2
+    assert len(served_labels(scrape, "airflow_pool_slots")) == 5
+    assert scrape.value("airflow_job_last_heartbeat_timestamp_seconds",
+                        job_type="SchedulerJob") == datetime(2026, 11, 1).timestamp()
+    assert scrape.value("airflow_dag_paused", dag_id="tmp_debug") == 1
+    assert scrape.value("airflow_dag_import_errors") == 1
+    assert scrape.value("bikes_rows_loaded", dag_id="etl") == 120
+    assert len(served_labels(scrape, "airflow_task_instances")) == 12
+
+
+def test_series_cap_keeps_the_small_families_even_past_the_cap() -> None:
+    scrape = render(View(30, max_series=10, business=(ROWS,)), capped_snapshot())
+    assert scrape.value("airflow_bridge_series_dropped") == 12
+    assert len(scrape.airflow()) == 30  # the samples of the 30 small series
+    assert scrape.value("bikes_rows_loaded", dag_id="etl") == 120
+
+
+def test_series_dropped_is_a_gauge_of_the_current_snapshot() -> None:
+    collector = SnapshotCollector(View(30, max_series=39, business=(ROWS,)))
+    assert collector.publish(capped_snapshot()) == 6
+    assert collector.publish(capped_snapshot()) == 6
+    assert Scrape(generate_latest(collector).decode()).value(
+        "airflow_bridge_series_dropped") == 6, "not added up over snapshots"
+    assert collector.publish(make_snapshot()) == 0
+    assert Scrape(generate_latest(collector).decode()).value(
+        "airflow_bridge_series_dropped") == 0
 
 
 def test_help_says_the_refresh_interval() -> None:

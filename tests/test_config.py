@@ -20,6 +20,23 @@ def test_defaults_with_only_the_airflow_url() -> None:
     assert settings.refresh_interval == 10
 
 
+def test_dags_are_forgotten_after_a_day_and_writable_roles_refused_by_default(
+        tmp_path: Path) -> None:
+    url = {"BRIDGE_AIRFLOW_DB_URL": "postgresql://b@db/airflow"}
+    settings = config.load(None, url)
+    assert settings.forget_after == 86400
+    assert settings.allow_writable_role is False
+    path = tmp_path / "bridge.yaml"
+    path.write_text("dags:\n  forget_after: 90m\nairflow:\n  allow_writable_role: true\n")
+    settings = config.load(path, url)
+    assert (settings.forget_after, settings.allow_writable_role) == (5400, True)
+    assert settings.redacted()["dags"]["forget_after"] == 5400
+    assert settings.redacted()["airflow"]["allow_writable_role"] is True
+    assert config.load(None, {**url, "BRIDGE_ALLOW_WRITABLE_ROLE": "true"}).allow_writable_role
+    assert not config.load(None, {**url, "BRIDGE_ALLOW_WRITABLE_ROLE": "false"}) \
+        .allow_writable_role
+
+
 def test_environment_wins_over_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bridge.yaml"
     path.write_text("listen_address: 127.0.0.1:9200\nlookback: 2d\n"
@@ -47,7 +64,11 @@ def test_config_file_from_environment_and_secret_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("lookbak: 7d\n", "lookbak: unknown key; known keys here: airflow, batch_size"),
-    ("airflow:\n  pool: 3\n", "airflow.pool: unknown key; known keys here: application_name"),
+    ("airflow:\n  pool: 3\n", "airflow.pool: unknown key; known keys here: "
+                              "allow_writable_role, application_name"),
+    ("dags:\n  forget_after: soon\n", "dags.forget_after: 'soon' is not a duration"),
+    ("airflow:\n  allow_writable_role: maybe\n", "airflow.allow_writable_role: Input should "
+                                                 "be a valid boolean"),
     ("refresh_interval: soon\n", "refresh_interval: 'soon' is not a duration"),
     ("listen_address: localhost\n", "listen_address: 'localhost' is not host:port"),
     ("airflow:\n  url: mysql://x@h/db\n", "airflow.url: the 'mysql' metadata database is not "
