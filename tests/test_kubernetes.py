@@ -453,3 +453,27 @@ def test_rule_unit_tests_pass_on_the_rendered_rules(extracted_rules: Path) -> No
         copy = extracted_rules.parent / test_file.name
         copy.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
         run(["promtool", "test", "rules", copy.name], cwd=extracted_rules.parent)
+
+
+def test_the_documented_overlay_renders(tmp_path: Path) -> None:
+    """The example overlay in deploy/OPERATIONS.md, applied to a copy of the tree."""
+    text = (REPO / "deploy" / "OPERATIONS.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n# my-bridge/kustomization.yaml\n(.*?)```", text, re.S)
+    assert block, "the example overlay is gone from deploy/OPERATIONS.md"
+    shutil.copytree(KUBE, tmp_path / "deploy" / "kubernetes")
+    overlay = tmp_path / "my-bridge"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block.group(1), encoding="utf-8")
+    (overlay / "metrics.yaml").write_text("metrics: []\n", encoding="utf-8")
+    docs = [d for d in yaml.safe_load_all(run([kubectl(), "kustomize", str(overlay)]).stdout)
+            if d]
+    assert {d["metadata"]["namespace"] for d in docs} == {"airflow-metrics-bridge"}
+    assert {d["metadata"]["labels"]["release"] for d in docs} == {"kube-prometheus-stack"}
+    assert container(docs)["image"] == "registry.example.org/airflow-metrics-bridge:0.1.0"
+    selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert "release" not in selector, "the selector of a running Deployment cannot change"
+    volume = next(v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "config")
+    data = one(docs, "ConfigMap", volume["configMap"]["name"])["data"]
+    assert data == {"bridge.yaml": (BASE / "bridge.yaml").read_text(encoding="utf-8"),
+                    "metrics.yaml": "metrics: []\n"}
