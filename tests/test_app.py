@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ from sqlalchemy.engine import make_url
 from bridge.app import Schedule
 from bridge.cache.database import Cache
 from bridge.demo.dump import load_dump
+from bridge.timeutil import naive_utc_now
 from tests import postgres
-from tests.conftest import AirflowDb, BridgeFactory, BridgeUnderTest
-from tests.metadb import T0, AirflowWriter
+from tests.conftest import AirflowDb, BridgeFactory, BridgeUnderTest, Scrape
+from tests.metadb import T0, AirflowWriter, TaskWriter
 
 OUTAGE_DATA_DIR = Path("/tmp") / f"airflow-metrics-bridge-outage-pg-{os.getuid()}"
 
@@ -123,3 +124,121 @@ def test_cycles_sharing_a_cache_take_turns_and_snapshot_after_the_lock(
     other.dispose()
     assert bridge.scrape().value("airflow_dag_run_finished_total", dag_id="etl",
                                  state="success", run_type="scheduled") == 1
+
+
+class Clock:
+    """The refresher's clock, moved by the test (naive UTC, as the bridge keeps it)."""
+
+    def __init__(self) -> None:
+        self.now = naive_utc_now()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+SampleKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+def dags_served(scrape: Scrape) -> dict[str, set[str]]:
+    """Sample name -> the dag_id values it is served for."""
+    served: dict[str, set[str]] = {}
+    for name, labels in scrape.airflow():
+        dag = dict(labels).get("dag_id")
+        if dag is not None:
+            served.setdefault(name, set()).add(dag)
+    return served
+
+
+def without(samples: dict[SampleKey, float], dags: set[str]) -> set[SampleKey]:
+    return {(name, labels) for name, labels in samples if dict(labels).get("dag_id") not in dags}
+
+
+def test_dags_gone_from_the_metadata_db_stop_being_served(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    writer = airflow_db.writer
+    tasks = TaskWriter(writer)
+    tasks.dag("keep", paused=False)
+    tasks.dag("gone", paused=True)
+    for dag in ("keep", "gone", "unparsed"):  # `unparsed` has runs but no dag row
+        writer.complete_run(dag, logical_date=T0)
+    bridge = make_bridge(airflow_db.url, dags={"forget_after": "1h"})
+    clock = Clock()
+    bridge.refresher.clock = clock
+    started = clock.now
+    first = bridge.cycle()
+    every = {"keep", "gone", "unparsed"}
+    per_run = {"airflow_dag_run_finished_total", "airflow_dag_run_duration_seconds_bucket",
+               "airflow_dag_run_duration_seconds_sum", "airflow_dag_run_duration_seconds_count",
+               "airflow_dag_run_start_delay_seconds_bucket",
+               "airflow_dag_run_start_delay_seconds_sum",
+               "airflow_dag_run_start_delay_seconds_count",
+               "airflow_dag_run_last_finished_timestamp_seconds"}
+    assert dags_served(first) == {
+        **{name: every for name in per_run}, "airflow_dag_runs": every,
+        "airflow_task_instances": every, "airflow_dag_paused": {"keep", "gone"},
+        "airflow_dag_info": {"keep", "gone"}}
+    assert len(first.series("airflow_dag_runs")) + \
+        len(first.series("airflow_task_instances")) == 3 * 8
+
+    stale = "is_stale = true" if writer.v3 else "is_active = false"
+    writer.conn.execute(f"UPDATE dag SET {stale} WHERE dag_id = 'gone'")
+    clock.now = started + timedelta(minutes=59)
+    still = bridge.cycle()
+    assert dags_served(still)["airflow_dag_runs"] == every, "not gone for long enough yet"
+    assert dags_served(still)["airflow_dag_paused"] == {"keep"}
+
+    clock.now = started + timedelta(minutes=61)
+    forgotten = bridge.cycle()
+    assert set(forgotten.airflow()) == without(first.airflow(), {"gone", "unparsed"})
+    assert dags_served(forgotten) == {
+        **{name: {"keep"} for name in per_run}, "airflow_dag_runs": {"keep"},
+        "airflow_task_instances": {"keep"}, "airflow_dag_paused": {"keep"},
+        "airflow_dag_info": {"keep"}}
+
+    # A forgotten DAG that runs again is served again, its totals intact.
+    writer.complete_run("unparsed", logical_date=T0 + timedelta(days=1))
+    clock.now = started + timedelta(minutes=62)
+    back = bridge.cycle()
+    assert back.value("airflow_dag_run_finished_total", dag_id="unparsed", state="success",
+                      run_type="scheduled") == 2
+    assert dags_served(back)["airflow_dag_runs"] == {"keep", "unparsed"}
+    assert "gone" not in dags_served(back)["airflow_dag_run_finished_total"]
+
+    # Last-seen times live in memory: after a restart every cached DAG starts seen.
+    bridge.close()
+    restarted = make_bridge(airflow_db.url, dags={"forget_after": "1h"})
+    again = restarted.cycle()
+    assert again.value("airflow_dag_run_finished_total", dag_id="gone", state="success",
+                       run_type="scheduled") == 1
+    assert dags_served(again)["airflow_dag_runs"] == every
+
+
+def test_series_dropped_is_what_the_cap_leaves_out_now(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    writer = airflow_db.writer
+    tasks = TaskWriter(writer)
+    run = writer.create_run("wide", logical_date=T0)
+    writer.start_run(run, T0 + timedelta(minutes=1))
+    names = [f"t{i:03}" for i in range(120)]
+    for name in names:
+        tasks.add(run, name)
+        tasks.run_try(run, name, "success", T0 + timedelta(minutes=2))
+    writer.finish_run(run, "success", T0 + timedelta(minutes=10))
+    bridge = make_bridge(airflow_db.url, max_series=100)
+    scrape = bridge.cycle()
+    # 120 finished counters and 120 duration histograms are the per-task series; the rest:
+    # 4 run families, 2 + 6 gauges of now, the queued-time histogram, pool slots of the
+    # default pool, import errors, and 6 health series.
+    assert len(scrape.series("airflow_pool_slots")) == 5
+    small = 4 + 8 + 1 + 5 + 1 + 6
+    # 75 places left for 240 per-task series: 165 dropped, the histograms first (equal in
+    # size, by name), then the finished counters from the end of the label order.
+    assert scrape.value("airflow_bridge_series_dropped") == 240 - (100 - small) == 165
+    assert scrape.series("airflow_task_instance_duration_seconds_count") == {}
+    assert {dict(labels)["task_id"] for labels in
+            scrape.series("airflow_task_instance_finished_total")} == set(names[:75])
+    assert scrape.value("airflow_dag_run_finished_total", dag_id="wide", state="success",
+                        run_type="scheduled") == 1
+    again = bridge.cycle()
+    assert again.value("airflow_bridge_series_dropped") == 165, \
+        "a gauge of the current snapshot, not added up over cycles"
