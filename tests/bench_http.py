@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.collector import Snapshot, SnapshotCollector, View
 from bridge.health import Health
@@ -46,7 +47,7 @@ class Result:
 def collector_with(series: int) -> SnapshotCollector:
     """A collector holding a snapshot of `series` per-task counter series."""
     per_dag = 100
-    counters = {"airflow_task_instance_finished_total": {
+    counters: dict[str, Any] = {"airflow_task_instance_finished_total": {
         (("dag_id", f"dag_{i // per_dag}"), ("state", "success"), ("task_id", f"task_{i}")):
             float(i) for i in range(series)}}
     collector = SnapshotCollector(View(10, max_series=series + 1000))
