@@ -134,7 +134,8 @@ def freshness(pg: postgres.Postgres, template: str, version: str,
         settings = app.load_settings(None, {
             "BRIDGE_AIRFLOW_DB_URL": pg.url_for(name).render_as_string(False),
             "BRIDGE_CACHE_URL": f"sqlite:///{Path(tmp) / 'cache.db'}",
-            "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{port}"})
+            "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{port}",
+            "BRIDGE_ALLOW_WRITABLE_ROLE": "true"})  # the benchmark's own throwaway DB
         server = threading.Thread(target=app.serve, args=(settings, stop),
                                   kwargs={"started": lambda _: started.set()}, daemon=True)
         server.start()

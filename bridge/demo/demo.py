@@ -273,6 +273,9 @@ class Demo:
             "BRIDGE_LOOKBACK": "all",
             "BRIDGE_REFRESH_INTERVAL": "2s",
             "BRIDGE_METRICS_FILE": str(self.checkout.metrics_file),
+            # The embedded server's only role owns the simulated database; nothing else
+            # lives there, so reading with it is safe.
+            "BRIDGE_ALLOW_WRITABLE_ROLE": "true",
         })
 
         def started(port: int) -> None:
