@@ -203,6 +203,16 @@ class Limits:
     write_timeout: float = 30.0     # to hand over one response
     max_header_bytes: int = 16_384  # request line and headers
 
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "backlog", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Limits.{name} must be at least 1")
+        for name in ("header_timeout", "idle_timeout", "write_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Limits.{name} must be above 0 seconds")
+        if self.workers < 0:
+            raise ValueError("Limits.workers must be 0 (on the event loop) or more")
+
 
 _STATUS_TEXT = {400: "Bad Request", 401: "Unauthorized", 431: "Request Header Fields Too Large",
                 500: "Internal Server Error", 505: "HTTP Version Not Supported"}
@@ -397,7 +407,7 @@ class HttpServer:
         self.drops = _DropLog()
         self._sock = _listen(host, port, limits.backlog)
         self.port = int(self._sock.getsockname()[1])
-        self._scheme = "https" if self._tls else "http"
+        self.scheme = "https" if self._tls else "http"  # for log lines and URLs
         self._workers = ThreadPoolExecutor(limits.workers, thread_name_prefix="http-worker") \
             if limits.workers > 0 else None
         self._connections: dict[_Connection, None] = {}
@@ -560,9 +570,10 @@ class HttpServer:
         assert self._tls is not None
         try:
             await writer.start_tls(self._tls.current())
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
-            raise _Close(f"TLS handshake failed ({getattr(exc, 'reason', None) or 'closed'})"
-                         ) from None
+        except ssl.SSLError as exc:
+            raise _Close(f"TLS handshake failed ({exc.reason or exc.strerror})") from None
+        except (ConnectionError, OSError):
+            raise _Close() from None  # closed before a handshake (a TCP probe): no news
         if not self._tls.config.allows(writer.get_extra_info("peercert")):
             raise _Close("client certificate not in client_allowed_sans")
 
@@ -608,7 +619,7 @@ class HttpServer:
             "QUERY_STRING": split.query, "SERVER_PROTOCOL": request.version,
             "SERVER_NAME": SERVER, "SERVER_PORT": str(self.port),
             "REMOTE_ADDR": peer[0] if isinstance(peer, tuple) else "",
-            "SCRIPT_NAME": "", "wsgi.url_scheme": self._scheme, "wsgi.input": io.BytesIO(),
+            "SCRIPT_NAME": "", "wsgi.url_scheme": self.scheme, "wsgi.input": io.BytesIO(),
             "wsgi.errors": io.StringIO(), "wsgi.version": (1, 0), "wsgi.multithread": True,
             "wsgi.multiprocess": False, "wsgi.run_once": False}
         for name, value in request.headers.items():

@@ -25,7 +25,7 @@ from typing import Any
 
 from bridge.collector import Snapshot, SnapshotCollector, View
 from bridge.health import Health
-from bridge.server import HttpServer, make_app
+from bridge.server import HttpServer, Limits, make_app
 
 WRK_TIMEOUT = "10s"  # wrk leaves requests slower than its timeout out of its latency figures
 
@@ -141,27 +141,31 @@ def _python_client(port: int, connections: int, seconds: float,
 
 
 def run(series: int = 10_000, connections: int = 50, seconds: float = 10) -> list[str]:
-    """Requests/s and p50/p99 latency of /metrics, with and without gzip."""
+    """Requests/s and p50/p99 latency of /metrics, with and without gzip; the application
+    on the event-loop thread (the default) and, for comparison, in a pool of 4 workers."""
     collector = collector_with(series)
-    server = HttpServer("127.0.0.1", 0, make_app(collector, lambda: True, "bench"))
-    server.start()
     tool = "wrk" if shutil.which("wrk") else "python client"
     lines = [f"/metrics of {series:,} series, {connections} keep-alive connections, "
              f"{seconds:g} s each, load from {tool}"]
-    try:
-        for gzip in (True, False):
-            url = f"http://127.0.0.1:{server.port}/metrics"
-            if tool == "wrk":
-                rate, p50, p99, errors = _wrk(url, connections, seconds, gzip)
-            else:
-                rate, p50, p99, errors = _python_client(server.port, connections, seconds,
-                                                        gzip)
-            label = "gzip" if gzip else "identity"
-            lines.append(Result(label, rate, p50, p99, errors,
-                                _body_size(server.port, gzip)).line())
-            time.sleep(1)  # let the previous run's connections close
-    finally:
-        server.stop()
+    for workers in (0, 4):
+        server = HttpServer("127.0.0.1", 0, make_app(collector, lambda: True, "bench"),
+                            limits=Limits(workers=workers))
+        server.start()
+        try:
+            for gzip in (True, False):
+                url = f"http://127.0.0.1:{server.port}/metrics"
+                if tool == "wrk":
+                    rate, p50, p99, errors = _wrk(url, connections, seconds, gzip)
+                else:
+                    rate, p50, p99, errors = _python_client(server.port, connections,
+                                                            seconds, gzip)
+                label = ("gzip" if gzip else "identity") + \
+                    (f", {workers} workers" if workers else ", on the loop")
+                lines.append(Result(label, rate, p50, p99, errors,
+                                    _body_size(server.port, gzip)).line())
+                time.sleep(1)  # let the previous run's connections close
+        finally:
+            server.stop()
     return lines
 
 

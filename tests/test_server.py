@@ -479,24 +479,29 @@ def test_an_idle_keep_alive_is_closed_quietly_after_the_idle_timeout(serve: Serv
 
 def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout(
         serve: Servers) -> None:
-    collector = published(series=30_000)
-    server = serve(collector, limits=Limits(write_timeout=1.0))
+    body = b"x" * (64 << 20)  # far more than any kernel socket buffer holds
+
+    def big(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    server = serve(app=big, limits=Limits(write_timeout=1.0))
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(10)
     sock.connect(("127.0.0.1", server.port))
-    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     wait_for("the write timeout", lambda: server.drops.total)
     assert dict(server.drops.total) == {
         "response not taken within 1s (client not reading)": 1}
     received = 0
     try:
-        while chunk := sock.recv(65536):
+        while chunk := sock.recv(1 << 20):
             received += len(chunk)
     except ConnectionResetError:
         pass
     sock.close()
-    assert received < len(expected(TEXT, collector))
+    assert received < len(body)
     wait_connections(server, 0)
 
 
@@ -697,6 +702,10 @@ def test_tls_serves_verified_clients_and_refuses_plain_http(serve: Servers, pki:
     with pytest.raises((http.client.HTTPException, OSError)):
         get(server.port)
     wait_for("the failed handshake to be counted", lambda: server.drops.total)
+    assert dict(server.drops.total) == {"TLS handshake failed (HTTP_REQUEST)": 1}
+    # A TCP probe (connect, close) is no news.
+    connect(server.port).close()
+    wait_connections(server, 0)
     assert dict(server.drops.total) == {"TLS handshake failed (HTTP_REQUEST)": 1}
 
 
