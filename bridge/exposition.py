@@ -89,6 +89,7 @@ class Rendered:
     openmetrics: bytes  # application/openmetrics-text; version=1.0.0
     text_gzip: bytes
     openmetrics_gzip: bytes
+    delegated: tuple[str, ...] = ()  # families prometheus_client rendered, by name
 
 
 class _Unsupported(Exception):
@@ -177,7 +178,8 @@ class Encoder:
         text_gzip = _gzip(text, [z for p in parts for z in (p.header.text_gzip, *p.zipped)])
         openmetrics_gzip = _gzip(openmetrics, [
             *(z for p in parts for z in (p.header.openmetrics_gzip, *p.zipped)), _EOF_GZIP])
-        return Rendered(text, openmetrics, text_gzip, openmetrics_gzip)
+        delegated = tuple(p.meta[0] for p in parts if not p.covered)
+        return Rendered(text, openmetrics, text_gzip, openmetrics_gzip, delegated)
 
     def _part(self, family: Metric) -> _Part:
         meta: Meta = (family.name, family.type, family.documentation, family.unit)
