@@ -508,7 +508,9 @@ def stack(airflow_db: AirflowDb, tmp_path: Path) -> Iterator[Stack]:
                             "BRIDGE_CACHE_URL": f"sqlite:///{tmp_path / 'cache.db'}",
                             "BRIDGE_LISTEN_ADDRESS": stack.bridge_target,
                             "BRIDGE_LOOKBACK": "all", "BRIDGE_REFRESH_INTERVAL": "2s",
-                            "BRIDGE_METRICS_FILE": str(METRICS_FILE)})
+                            "BRIDGE_METRICS_FILE": str(METRICS_FILE),
+                            # the test database's only role is the server's superuser
+                            "BRIDGE_ALLOW_WRITABLE_ROLE": "true"})
         am_dir = tmp_path / "alertmanager"
         am_dir.mkdir()
         am = start(stack, "alertmanager", [
