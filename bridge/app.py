@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Self
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -25,7 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from bridge import __version__, config
+from bridge import __version__, config, webconfig
 from bridge.airflow.privileges import WritableRoleError, inspect_role
 from bridge.airflow.source import Source
 from bridge.cache.database import Cache
@@ -43,6 +44,7 @@ from bridge.stages.current import Live
 from bridge.stages.dag_runs import DagRunDelta, DagRunStage
 from bridge.stages.task_instances import TaskInstanceStage
 from bridge.timeutil import naive_utc_now
+from bridge.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +331,13 @@ def running(settings: Settings, check_role: bool = False) -> Iterator[Bridge]:
         bridge.close()
 
 
+def load_web_config(settings: Settings) -> WebConfig | None:
+    """The web-config file's TLS and basic auth, checked (certificates load) before use."""
+    if settings.web_config_file is None:
+        return None
+    return webconfig.load(Path(settings.web_config_file))
+
+
 def serve(settings: Settings, stop: threading.Event,
           started: Callable[[int], None] | None = None) -> bool:
     """Refresh on a schedule and serve HTTP until `stop` is set; `started` gets the port.
@@ -337,13 +346,15 @@ def serve(settings: Settings, stop: threading.Event,
     `allow_writable_role` is not set (the reason is logged).
     """
     log.info("airflow-metrics-bridge %s, config: %s", __version__, settings.redacted())
+    web_config = load_web_config(settings)
     with running(settings, check_role=True) as bridge:
         bridge.refresher.on_refused = stop.set
         server = HttpServer(settings.listen_host, settings.listen_port,
                             make_app(bridge.collector, bridge.refresher.ready.is_set,
-                                     __version__))
+                                     __version__), web_config)
         server.start()
-        log.info("serving http://%s:%d/metrics", settings.listen_host, server.port)
+        log.info("serving %s://%s:%d/metrics%s", server.scheme, settings.listen_host,
+                 server.port, " (basic auth)" if web_config and web_config.basic_auth_users else "")
         if started is not None:
             started(server.port)
         schedule = Schedule(bridge.refresher)

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", parents=[common], help="refresh on a schedule and "
                                 "serve /metrics")
+    serve.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                       help="TLS and basic auth for /metrics, in the web-config format of "
+                            "Prometheus exporters (the setting web_config_file)")
     serve.add_argument("--allow-writable-role", action="store_true",
                        help="run even if the metadata DB role could write (it is logged)")
     serve.set_defaults(func=cmd_serve)
@@ -92,6 +95,8 @@ def _role_policy(args: argparse.Namespace, settings: config.Settings) -> config.
 def cmd_serve(args: argparse.Namespace, settings: config.Settings) -> int:
     """Refuses (exit 1) once it sees that the role could write, unless allowed."""
     settings = _role_policy(args, settings)
+    if args.web_config_file:
+        settings = replace(settings, web_config_file=args.web_config_file)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -123,6 +128,7 @@ def cmd_migrate(_args: argparse.Namespace, settings: config.Settings) -> int:
 def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
     """Every problem is printed with what to do; exit non-zero if there is any."""
     problems = 0
+    app.load_web_config(settings)  # a bad web-config file is a config error, exit 2
     print(f"config: OK ({settings.source})")
     cache = Cache(settings.cache_url)
     cache_url = config.redact_url(settings.cache_url)

@@ -41,6 +41,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "BRIDGE_LOOKBACK": ("lookback",),
     "BRIDGE_REFRESH_INTERVAL": ("refresh_interval",),
     "BRIDGE_METRICS_FILE": ("metrics_file",),
+    "BRIDGE_WEB_CONFIG_FILE": ("web_config_file",),
     "BRIDGE_ALLOW_WRITABLE_ROLE": ("airflow", "allow_writable_role"),
 }
 FILE_SUFFIX = "_FILE"
@@ -125,6 +126,7 @@ class ConfigModel(_Model):
     task_id_label: bool = True
     max_series: int = Field(default=20_000, ge=100)
     metrics_file: str | None = None
+    web_config_file: str | None = None
     xcom_max_bytes: int = Field(default=1_048_576, ge=1024)
 
 
@@ -156,6 +158,7 @@ class Settings:
     task_id_label: bool
     max_series: int
     metrics_file: str | None
+    web_config_file: str | None  # TLS and basic auth for /metrics, exporter-toolkit format
     xcom_max_bytes: int
     definitions: tuple[MetricDefinition, ...]
 
@@ -199,6 +202,7 @@ class Settings:
             "task_id_label": self.task_id_label,
             "max_series": self.max_series,
             "metrics_file": self.metrics_file,
+            "web_config_file": self.web_config_file,
             "xcom_max_bytes": self.xcom_max_bytes,
         }
 
@@ -369,6 +373,8 @@ def _settings(model: ConfigModel, source: str, base: Path | None,
         task_id_label=model.task_id_label,
         max_series=model.max_series,
         metrics_file=metrics_file,
+        web_config_file=_relative_to(model.web_config_file, base) if model.web_config_file
+        else None,
         xcom_max_bytes=model.xcom_max_bytes,
         definitions=load_definitions(metrics_file, reserved) if metrics_file else (),
     )

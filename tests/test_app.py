@@ -242,3 +242,46 @@ def test_series_dropped_is_what_the_cap_leaves_out_now(
     again = bridge.cycle()
     assert again.value("airflow_bridge_series_dropped") == 165, \
         "a gauge of the current snapshot, not added up over cycles"
+
+
+def test_serve_applies_the_web_config_file(airflow_db: AirflowDb, tmp_path: Path) -> None:
+    """`web_config_file` reaches the HTTP server: basic auth guards /metrics."""
+    import base64
+    import socket
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    from bridge import app
+
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = app.load_settings(None, {
+        "BRIDGE_AIRFLOW_DB_URL": airflow_db.url.render_as_string(hide_password=False),
+        "BRIDGE_CACHE_URL": f"sqlite:///{tmp_path / 'cache.db'}",
+        "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{port}", "BRIDGE_WEB_CONFIG_FILE": str(web),
+        "BRIDGE_ALLOW_WRITABLE_ROLE": "true"})
+    stop, started = threading.Event(), threading.Event()
+    server = threading.Thread(target=app.serve, args=(settings, stop),
+                              kwargs={"started": lambda _: started.set()})
+    server.start()
+    try:
+        assert started.wait(30)
+        url = f"http://127.0.0.1:{port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+        token = base64.b64encode(b"prometheus:s3cret").decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert b"airflow_bridge_metadb_up" in response.read()
+    finally:
+        stop.set()
+        server.join(60)
+    assert not server.is_alive()

@@ -246,3 +246,13 @@ def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
     assert "can write: the role is a superuser (it may do anything); running anyway" in output
     assert "stopped" in output.splitlines()[-1]
     assert "postgres:" not in output or "<secret>" in output or "@" not in output
+
+
+def test_check_names_a_broken_web_config_file(airflow_db: AirflowDb, tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_user:\n  prometheus: x\n")
+    checked = run_cli("check", env={**_env(airflow_db, tmp_path),
+                                    "BRIDGE_WEB_CONFIG_FILE": str(web)}, cwd=tmp_path)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert str(web) in checked.stderr and "basic_auth_user" in checked.stderr
+    assert "config: OK" not in checked.stdout
