@@ -33,7 +33,7 @@ INIT_DIR = DEPLOY / "postgres" / "init"
 SECRETS_DIR = DEPLOY / "secrets"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
-# Exactly the tables the bridge reads (bridge/source.py READ_TABLES).
+# Exactly the tables the bridge reads (the queries of bridge/airflow/source.py).
 BRIDGE_TABLES = ("dag_run", "task_instance", "task_instance_history", "xcom", "slot_pool",
                  "job", "dag", "dag_tag", "import_error", "parse_import_error", "alembic_version")
 MONITORING_SERVICES = {"prometheus", "alertmanager", "grafana"}

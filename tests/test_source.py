@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 
 from bridge import config
 from bridge.airflow.schema import detect_schema
-from bridge.airflow.source import Reader, Source, write_privileges
+from bridge.airflow.source import Reader, Source
 from bridge.errors import SourceError
 from tests.conftest import AirflowDb, BridgeFactory
 from tests.metadb import T0, fill_history
@@ -74,15 +74,6 @@ def test_sessions_are_read_only_with_timeouts(airflow_db: AirflowDb) -> None:
         with pytest.raises(SourceError, match="read-only transaction"):
             reader.execute("DELETE FROM dag_run")
     source.dispose()
-
-
-def test_superuser_role_is_reported_as_write_capable(airflow_db: AirflowDb) -> None:
-    engine = create_engine(airflow_db.url)
-    with engine.connect() as conn:
-        problems = write_privileges(conn)
-    engine.dispose()
-    assert "the role is a superuser" in problems
-    assert any(p.startswith("INSERT, UPDATE, DELETE, TRUNCATE on dag_run") for p in problems)
 
 
 def _seq_scans(plan: dict[str, Any]) -> list[str]:

@@ -21,8 +21,6 @@ from bridge.airflow.schema import AirflowSchema, detect_schema
 from bridge.config import Settings
 from bridge.errors import SourceError, first_line
 
-READ_TABLES = ("dag_run", "task_instance", "task_instance_history", "xcom", "slot_pool", "job",
-               "dag", "dag_tag", "import_error", "alembic_version")
 CHUNK = 1000
 HEARTBEAT_JOB_TYPES = ("SchedulerJob", "TriggererJob", "DagProcessorJob")
 
@@ -41,29 +39,6 @@ def create_source_engine(settings: Settings) -> Engine:
             "prepare_threshold": None,  # no server-side prepared statements behind poolers
         },
     )
-
-
-def write_privileges(conn: Connection) -> list[str]:
-    """What the connected role could change; empty when it is properly read-only."""
-    problems: list[str] = []
-    if conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar():
-        problems.append("the role is a superuser")
-    for table in READ_TABLES:
-        if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
-            continue
-        granted = conn.execute(text(
-            "SELECT array_remove(ARRAY["
-            " CASE WHEN has_table_privilege(current_user, :t, 'INSERT') THEN 'INSERT' END,"
-            " CASE WHEN has_table_privilege(current_user, :t, 'UPDATE') THEN 'UPDATE' END,"
-            " CASE WHEN has_table_privilege(current_user, :t, 'DELETE') THEN 'DELETE' END,"
-            " CASE WHEN has_table_privilege(current_user, :t, 'TRUNCATE') THEN 'TRUNCATE' END"
-            "], NULL)"), {"t": table}).scalar()
-        if granted:
-            problems.append(f"{', '.join(granted)} on {table}")
-    if conn.execute(text("SELECT has_schema_privilege(current_user, current_schema(), 'CREATE')"))\
-            .scalar():
-        problems.append("CREATE on the schema")
-    return problems
 
 
 class Reader:
