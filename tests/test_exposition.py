@@ -8,9 +8,12 @@ import gzip
 import math
 import random
 import subprocess
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +39,7 @@ from bridge.collector import OPENMETRICS, Snapshot, View, build_families
 from bridge.exposition import Encoder, Rendered
 from bridge.health import Health
 from bridge.metric import HistogramValue, Labels, Series
-from tests.prometheus import require_binary
+from tests.prometheus import require_binary, running_prometheus, wait_for
 
 parse_text: Callable[[str], Iterable[Metric]] = text_string_to_metric_families
 parse_openmetrics: Callable[[str], Iterable[Metric]] = \
@@ -428,7 +431,7 @@ def test_both_formats_parse_back_to_the_samples(seed: int) -> None:
         [(f.name, f.type, f.documentation) for f in families if f.samples]
 
 
-def test_gzip_is_one_member_that_gzip_decodes(tmp_path: Any) -> None:
+def test_gzip_is_one_member_that_gzip_decodes(tmp_path: Path) -> None:
     rng = random.Random(7)
     families = [build(random_spec(rng, f"family_{i}")) for i in range(30)]
     rendered = assert_same(Encoder(), families)
@@ -445,3 +448,60 @@ def test_gzip_is_one_member_that_gzip_decodes(tmp_path: Any) -> None:
         assert subprocess.run([tool, "-t", str(path)], capture_output=True).returncode == 0
         assert subprocess.run([tool, "-dc", str(path)], capture_output=True,
                               check=True).stdout == plain
+
+
+def test_prometheus_scrapes_both_formats_plain_and_gzipped(tmp_path: Path) -> None:
+    """A real Prometheus reads every sample of each body, gzip included."""
+    families, _ = build_families(snapshot(4, 5, 3.0), View(10, max_series=1000))
+    tricky = GaugeMetricFamily("tricky", 'HELP "quoted" \\ and\nnewline', labels=["v"])
+    for i, value in enumerate(('say "hi"', "back\\slash", "line\nbreak", "é日本")):
+        tricky.add_metric([value], float(i) + 0.5)
+    rendered = assert_same(Encoder(), [*families, tricky])
+    text_type, om_type = choose_encoder("")[1], choose_encoder(OPENMETRICS)[1]
+    bodies = {"/text": (rendered.text, text_type, False),
+              "/text-gzip": (rendered.text_gzip, text_type, True),
+              "/om": (rendered.openmetrics, om_type, False),
+              "/om-gzip": (rendered.openmetrics_gzip, om_type, True)}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body, content_type, zipped = bodies[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            if zipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    target = f"127.0.0.1:{server.server_address[1]}"
+    jobs: list[dict[str, Any]] = [
+        {"job_name": path.strip("/"), "metrics_path": path,
+         "static_configs": [{"targets": [target]}]} for path in bodies]
+    samples = sum(len(f.samples) for f in [*families, tricky])
+    try:
+        with running_prometheus(tmp_path / "prometheus", jobs) as prom:
+            def scraped() -> bool:
+                return all(prom.value(f'scrape_samples_scraped{{job="{job["job_name"]}"}}')
+                           is not None for job in jobs)
+
+            wait_for("every body scraped", scraped, context=prom.tail)
+            for job in (j["job_name"] for j in jobs):
+                assert prom.value(f'up{{job="{job}"}}') == 1, prom.targets()[job]
+                assert prom.value(f'scrape_samples_scraped{{job="{job}"}}') == samples
+                assert prom.value(f'tricky{{job="{job}",v="say \\"hi\\""}}') == 0.5
+                assert prom.value(f'tricky{{job="{job}",v="back\\\\slash"}}') == 1.5
+                assert prom.value(f'tricky{{job="{job}",v="line\\nbreak"}}') == 2.5
+                assert prom.value(f'tricky{{job="{job}",v="é日本"}}') == 3.5
+                assert prom.value(
+                    f'airflow_task_instance_duration_seconds_bucket{{job="{job}",'
+                    'dag_id="dag_3",task_id="t4",state="success",le="60.0"}') == 6
+    finally:
+        server.shutdown()
+        server.server_close()
