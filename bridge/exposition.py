@@ -40,7 +40,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import is_, itemgetter, not_
+from operator import eq, is_, itemgetter, not_
 from typing import Any
 
 from prometheus_client import generate_latest as text_generate_latest
@@ -138,13 +138,15 @@ class _Header:
 class _Part:
     """One family's exposition, kept until the next render to reuse what is unchanged."""
 
-    __slots__ = ("chunks", "covered", "header", "meta", "samples", "zeros", "zipped")
+    __slots__ = ("chunks", "covered", "header", "lines", "meta", "samples", "zeros",
+                 "zipped")
 
-    def __init__(self, meta: Meta, samples: list[Sample], header: _Header,
+    def __init__(self, meta: Meta, samples: list[Sample], header: _Header, lines: list[str],
                  chunks: list[bytes], zipped: list[bytes], zeros: list[int],
                  covered: bool = True) -> None:
         self.meta = meta
         self.samples = samples
+        self.lines = lines  # one per sample; none if prometheus_client rendered it
         # Equal samples can still differ in a zero's sign (0.0 == -0.0, '0.0' != '-0.0'):
         # where the value was zero (or falsy) it is compared again.
         self.zeros = zeros
@@ -198,7 +200,10 @@ class Encoder:
         try:
             header = previous.header if previous is not None and previous.meta == meta \
                 else _header(*meta)
-            lines, zeros = self._format(family.name, samples)
+            if previous is None:
+                lines, zeros = self._format(family.name, samples)
+            else:
+                lines, zeros = self._reformat(family.name, samples, previous)
         except (_Unsupported, *_NOT_COVERED):
             return _fallback(family, meta, samples)
         # Chunks that come out the same as last time are not compressed again.
@@ -214,7 +219,28 @@ class Encoder:
             else:
                 zipped.append(_deflate(piece))
             plain.append(piece)
-        return _Part(meta, samples, header, plain, zipped, zeros)
+        return _Part(meta, samples, header, lines, plain, zipped, zeros)
+
+    def _reformat(self, family: str, samples: list[Sample],
+                  previous: _Part) -> tuple[list[str], list[int]]:
+        """Like `_format`, keeping the line of each sample equal to the one at its
+        position last time: comparing costs a third of formatting."""
+        old = previous.samples
+        n, kept = len(samples), min(len(samples), len(old))
+        same = list(map(eq, samples, old))
+        for i in previous.zeros:
+            if i < kept and same[i] and not _same_sign(samples[i].value, old[i].value):
+                same[i] = False
+        changed = list(compress(range(kept), map(not_, same)))
+        changed.extend(range(kept, n))
+        if len(changed) * 2 > n:
+            return self._format(family, samples)
+        lines = previous.lines[:kept]
+        lines.extend([""] * (n - kept))
+        fresh, _ = self._format(family, [samples[i] for i in changed])
+        for i, line in zip(changed, fresh, strict=True):
+            lines[i] = line
+        return lines, list(compress(range(n), map(not_, map(_VALUE, samples))))
 
     def _format(self, family: str, samples: list[Sample]) -> tuple[list[str], list[int]]:
         """The lines of `samples`, and where their values are zero (or falsy)."""
@@ -370,7 +396,7 @@ def _fallback(family: Metric, meta: Meta, samples: list[Sample]) -> _Part:
         raise AssertionError("OpenMetrics exposition without '# EOF'")
     om = om[:-len(_EOF)]
     zeros = list(compress(range(len(samples)), map(not_, map(_VALUE, samples))))
-    return _Part(meta, samples, _Header(text, om, _deflate(text), _deflate(om)), [], [],
+    return _Part(meta, samples, _Header(text, om, _deflate(text), _deflate(om)), [], [], [],
                  zeros, covered=False)
 
 
