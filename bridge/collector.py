@@ -8,7 +8,6 @@ cache always keeps everything.
 
 from __future__ import annotations
 
-import gzip
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,6 +27,7 @@ from prometheus_client.registry import Collector
 from bridge import health as bridge_health
 from bridge.catalog import AIRFLOW, BRIDGE
 from bridge.config import Settings
+from bridge.exposition import Encoder
 from bridge.health import Health
 from bridge.metric import HistogramValue, Labels, MetricSpec, Series
 
@@ -186,22 +186,21 @@ class SnapshotCollector(Collector):
         self._lock = threading.Lock()
         self._families: tuple[Metric, ...] = ()
         self._rendered: dict[str, bytes] = {}
+        self._encoder = Encoder()  # keeps what it rendered last, to reuse what is unchanged
 
     def publish(self, snapshot: Snapshot) -> int:
         """Make `snapshot` what scrapes see; returns the number of series left out.
 
-        Both exposition formats, plain and gzipped, are rendered here, in the refresh
-        thread, so that a scrape only hands over bytes. (A format negotiated otherwise,
-        e.g. with another escaping scheme, is rendered by its first scrape and kept.)
+        Both exposition formats, plain and gzipped, are rendered here by the encoder, in
+        the refresh thread, so that a scrape only hands over bytes.
         """
         families, dropped = build_families(snapshot, self.view)
         frozen = tuple(families)
-        rendered = {}
-        for accept in ("", OPENMETRICS):
-            encoder, content_type = choose_encoder(accept)
-            text = encoder(_Frozen(frozen))
-            rendered[content_type] = text
-            rendered[content_type + GZIP] = gzip.compress(text, compresslevel=1)
+        out = self._encoder.render(frozen)
+        text_type, openmetrics_type = (choose_encoder(a)[1] for a in ("", OPENMETRICS))
+        rendered = {text_type: out.text, text_type + GZIP: out.text_gzip,
+                    openmetrics_type: out.openmetrics,
+                    openmetrics_type + GZIP: out.openmetrics_gzip}
         with self._lock:
             self._families = frozen
             self._rendered = rendered

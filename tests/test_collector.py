@@ -186,3 +186,27 @@ def test_series_cached_under_other_labels_are_not_served() -> None:
         (("dag_id", "etl"), ("state", "success")): 9.0}  # an older label set
     scrape = render(View(30), Snapshot(series, snapshot.health))
     assert len(scrape.series("airflow_dag_run_finished_total")) == 2
+
+
+def test_published_bytes_are_prometheus_clients_in_both_formats() -> None:
+    """What scrapes get (the encoder's bytes) equals prometheus_client's rendering of the
+    same families, plain and gzipped, refresh after refresh."""
+    import gzip
+
+    from prometheus_client.exposition import choose_encoder
+
+    from bridge.collector import GZIP, OPENMETRICS
+
+    collector = SnapshotCollector(View(30))
+    snapshot = make_snapshot()
+    for _ in range(2):
+        collector.publish(snapshot)
+        for accept in ("", OPENMETRICS):
+            encoder, content_type = choose_encoder(accept)
+            expected = encoder(collector)
+            assert collector.rendered(content_type, encoder) == expected
+            assert gzip.decompress(collector.rendered(content_type + GZIP, encoder)) == expected
+        series = dict(snapshot.series)
+        series["airflow_dag_run_finished_total"] = {
+            (("dag_id", "etl"), ("run_type", "scheduled"), ("state", "success")): 5.0}
+        snapshot = Snapshot(series, snapshot.health)
