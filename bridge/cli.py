@@ -128,7 +128,9 @@ def cmd_migrate(_args: argparse.Namespace, settings: config.Settings) -> int:
 def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
     """Every problem is printed with what to do; exit non-zero if there is any."""
     problems = 0
-    app.load_web_config(settings)  # a bad web-config file is a config error, exit 2
+    # Config errors (exit 2) come before anything is called OK.
+    url = settings.require_airflow_url()
+    app.load_web_config(settings)
     print(f"config: OK ({settings.source})")
     cache = Cache(settings.cache_url)
     cache_url = config.redact_url(settings.cache_url)
@@ -143,7 +145,6 @@ def cmd_check(_args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         cache.dispose()
 
-    url = settings.require_airflow_url()
     source = Source(settings)
     airflow_url = config.redact_url(url)
     try:

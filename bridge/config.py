@@ -6,6 +6,7 @@ names the file, the key and what to change, and secrets never reach a message.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -303,15 +304,31 @@ def _resolve_url_file(raw: dict[str, Any], section: str, file_name: str | None) 
     node["url"] = _read_secret(secret, f"{file_name or 'config'}: {section}.url_file")
 
 
+# What to write instead, for the type errors pydantic words as a description only.
+_FIXES = {
+    "int_parsing": "write a whole number, e.g. 100", "int_type": "write a whole number, e.g. 100",
+    "int_from_float": "write a whole number, e.g. 100",
+    "float_parsing": "write a number, e.g. 2.5", "float_type": "write a number, e.g. 2.5",
+    "bool_parsing": "write true or false", "bool_type": "write true or false",
+    "string_type": "write text (quote it if YAML reads it as something else)",
+    "dict_type": "write a mapping of keys (indented `key: value` lines)",
+    "tuple_type": "write a list, e.g. [30, 60, 120]", "list_type": "write a list, e.g. [a, b]",
+}
+
+
 def _describe(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration:"]
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         if error["type"] == "extra_forbidden":
             known = _known_keys(error["loc"][:-1])
-            message = f"unknown key; known keys here: {', '.join(known)}"
+            close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+            guess = f"did you mean `{close[0]}`? " if close else ""
+            message = f"unknown key; {guess}known keys here: {', '.join(known)}"
         else:
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] in _FIXES:
+                message += f"; {_FIXES[error['type']]}"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
 

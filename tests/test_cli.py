@@ -127,7 +127,8 @@ def test_check_rejects_a_malformed_config(tmp_path: Path) -> None:
     result = run_cli("check", "--config", str(config_file), env={}, cwd=tmp_path)
     assert result.returncode == 2
     assert f"{config_file}: invalid configuration" in result.stderr
-    assert "airflow.statment_timeout: unknown key; known keys here:" in result.stderr
+    assert "airflow.statment_timeout: unknown key; did you mean `statement_timeout`? known keys " \
+        "here:" in result.stderr
     assert "statement_timeout" in result.stderr
     assert "refresh_interval: 'soon' is not a duration; write it as 30s, 5m, 2h or 7d" \
         in result.stderr
@@ -256,3 +257,11 @@ def test_check_names_a_broken_web_config_file(airflow_db: AirflowDb, tmp_path: P
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert str(web) in checked.stderr and "basic_auth_user" in checked.stderr
     assert "config: OK" not in checked.stdout
+
+
+def test_check_reports_a_missing_airflow_url_before_anything_is_ok(tmp_path: Path) -> None:
+    checked = run_cli("check", env={"BRIDGE_CACHE_URL": f"sqlite:///{tmp_path / 'c.db'}"},
+                      cwd=tmp_path)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "BRIDGE_AIRFLOW_DB_URL" in checked.stderr
+    assert checked.stdout == ""

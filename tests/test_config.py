@@ -63,9 +63,10 @@ def test_config_file_from_environment_and_secret_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("lookbak: 7d\n", "lookbak: unknown key; known keys here: airflow, batch_size"),
-    ("airflow:\n  pool: 3\n", "airflow.pool: unknown key; known keys here: "
-                              "allow_writable_role, application_name"),
+    ("lookbak: 7d\n", "lookbak: unknown key; did you mean `lookback`? known keys here: airflow, "
+                      "batch_size"),
+    ("airflow:\n  pool: 3\n", "airflow.pool: unknown key; did you mean `pool_size`? known "
+                              "keys here: allow_writable_role, application_name"),
     ("dags:\n  forget_after: soon\n", "dags.forget_after: 'soon' is not a duration"),
     ("airflow:\n  allow_writable_role: maybe\n", "airflow.allow_writable_role: Input should "
                                                  "be a valid boolean"),
@@ -133,3 +134,20 @@ def test_durations() -> None:
         [90, 90, 300, 7200, 604800, 604800, 0.25]
     assert config.parse_lookback("all") is None
     assert config.parse_lookback("0") == 0
+
+
+def test_errors_suggest_the_key_meant_and_what_to_write(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text("refresh_intervall: 5s\nairflow:\n  pool_sise: 3\nmax_series: lots\n"
+                    "task_id_label: maybe\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    message = str(caught.value)
+    assert "refresh_intervall: unknown key; did you mean `refresh_interval`?" in message
+    assert "airflow.pool_sise: unknown key; did you mean `pool_size`?" in message
+    assert "max_series: " in message and "write a whole number, e.g. 100" in message
+    assert "task_id_label: " in message and "write true or false" in message
+    path.write_text("xyzzy: 1\n")
+    with pytest.raises(ConfigError, match="xyzzy: unknown key; known keys here") as far:
+        config.load(path, {})
+    assert "did you mean" not in str(far.value)
