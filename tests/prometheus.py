@@ -5,10 +5,8 @@ case it fails."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.tools import free_port, missing_tool
+
 WAIT = 60.0  # upper bound of every wait here, in seconds
 
 
@@ -30,16 +30,7 @@ def require_binary(name: str, package: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not on PATH (Debian: apt-get install {package})"
-    if os.environ.get("BRIDGE_REQUIRE_TOOLS") == "1":
-        pytest.fail(f"{message} and BRIDGE_REQUIRE_TOOLS=1")
-    pytest.skip(f"{message} (set BRIDGE_REQUIRE_TOOLS=1 to make this a failure)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    missing_tool(f"{name} is not on PATH (Debian: apt-get install {package})")
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT,

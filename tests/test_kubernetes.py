@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from bridge import config
+from tests.tools import missing_tool, run
 
 REPO = Path(__file__).resolve().parents[1]
 KUBE = REPO / "deploy" / "kubernetes"
@@ -45,21 +46,6 @@ Doc = dict[str, Any]
 
 
 # ---------------------------------------------------------------- helpers
-
-def need(reason: str) -> None:
-    if os.environ.get("BRIDGE_REQUIRE_TOOLS") == "1":
-        pytest.fail(f"{reason} and BRIDGE_REQUIRE_TOOLS=1")
-    pytest.skip(f"{reason} (set BRIDGE_REQUIRE_TOOLS=1 to make this a failure)")
-
-
-def run(cmd: list[str], *, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True,
-                              timeout=120)
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"`{' '.join(cmd)}` exited {exc.returncode}\n"
-                    f"--- stdout\n{exc.stdout}\n--- stderr\n{exc.stderr}")
-
 
 def kustomize_major(kubectl: str) -> int:
     result = subprocess.run([kubectl, "version", "--client", "-o", "json"],
@@ -85,7 +71,7 @@ def find_kubectl() -> str | None:
 def kubectl() -> str:
     found = find_kubectl()
     if found is None:
-        need("no kubectl 1.27+ (kustomize v5) on PATH or in the venv")
+        missing_tool("no kubectl 1.27+ (kustomize v5) on PATH or in the venv")
     assert found is not None
     return found
 
@@ -431,7 +417,7 @@ def test_prometheus_rule_groups_equal_the_shipped_rule_files(rendered: list[Doc]
 def extracted_rules(tmp_path: Path) -> Iterator[Path]:
     promtool = shutil.which("promtool")
     if promtool is None:
-        need("promtool is not on PATH")
+        missing_tool("promtool is not on PATH")
     path = tmp_path / "prometheusrule.rules.yml"
     groups = one(render(BASE), "PrometheusRule")["spec"]["groups"]
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False), encoding="utf-8")

@@ -9,18 +9,16 @@ unless BRIDGE_REQUIRE_TOOLS=1, in which case they fail.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 from itertools import combinations
 from pathlib import Path
 
-import pytest
 import yaml
 
 from bridge import catalog
 from bridge.definitions import load_definitions
+from tests.tools import missing_tool, run
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
@@ -52,20 +50,8 @@ RUNBOOK_PARTS = ("What it means:", "Likely causes:", "Check first:")
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not on PATH"
-        if os.environ.get("BRIDGE_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{message} and BRIDGE_REQUIRE_TOOLS=1")
-        pytest.skip(f"{message} (set BRIDGE_REQUIRE_TOOLS=1 to make this a failure)")
+        missing_tool(f"{name} is not on PATH")
     return path
-
-
-def run(cmd: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True,
-                              timeout=120)
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"`{' '.join(cmd)}` exited {exc.returncode}\n"
-                    f"--- stdout\n{exc.stdout}\n--- stderr\n{exc.stderr}")
 
 
 def load_yaml(path: Path) -> dict:

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from bridge.demo.dump import load_dump
 from tests.conftest import AirflowDb
 from tests.metadb import AirflowWriter, TaskWriter, push_xcom
 from tests.postgres import FIXTURES
+from tests.tools import free_port, missing_tool
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
@@ -172,17 +172,8 @@ def require_binary(*names: str) -> str:
         path = shutil.which(name)
         if path:
             return path
-    message = f"none of {', '.join(names)} is on PATH (Debian: apt-get install prometheus " \
-              "prometheus-alertmanager)"
-    if os.environ.get("BRIDGE_REQUIRE_TOOLS") == "1":
-        pytest.fail(f"{message} and BRIDGE_REQUIRE_TOOLS=1")
-    pytest.skip(f"{message} (set BRIDGE_REQUIRE_TOOLS=1 to make this a failure)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    missing_tool(f"none of {', '.join(names)} is on PATH (Debian: apt-get install "
+                 "prometheus prometheus-alertmanager)")
 
 
 def http_get(url: str) -> tuple[int, str]:
