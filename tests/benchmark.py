@@ -1,17 +1,38 @@
-"""Benchmark: the bridge's refresh cycle next to the scrape-time full aggregation.
+"""Benchmark: the bridge's whole refresh cycle next to what other exporters run per scrape.
 
     python -m tests.benchmark                      # 100 k and 10 M task instances
-    python -m tests.benchmark --task-instances 100000
+    python -m tests.benchmark --task-instances 100000 --freshness 5
 
-For each size it fills a real Airflow schema (set-based SQL: runs, task instances,
-retried tries in task_instance_history, old jobs), leaves 50 runs active, and times,
-end to end, (a) one steady-state bridge cycle (queries, folding into the cache,
-publishing the snapshot) and (b) the GROUP BY over all runs and task instances that
-plugin exporters run on every scrape. It also times one scrape of 10 000 series,
-measures freshness (a task's commit in the metadata DB to its count on /metrics, with
-the bridge serving at its default interval), and reports the peak RSS. Uses
-$BRIDGE_TEST_DATABASE_URL or an embedded PostgreSQL. Figures only; correctness is in
-the tests.
+For each size it fills a real Airflow schema (default: the newest fixture; set-based SQL:
+one run per DAG and hour from 2020-01-01, at least 10 DAGs and at most 5 000 runs each,
+10 % failed, 4 task instances per run, retried tries in task_instance_history, old jobs),
+leaves 50 runs active, and times, as medians of --repeat runs:
+
+- bridge: one steady-state cycle end to end, as `Refresher.refresh` runs it: the queries
+  in one read-only snapshot, folding into the cache (SQLite), then building the metric
+  families and rendering both exposition formats, plain and gzipped
+  (`SnapshotCollector.publish`): when it returns, scrapes hand over the new bytes.
+  "publish" is the part of it spent building and rendering the "series" (few here: the
+  bridge starts on the filled history with lookback 0, so it counts only what finishes
+  from then on; rendering many series is timed below); "rows read" its rows.
+- SQL floor: only the statements ("stmts") that one steady-state cycle sent to the
+  metadata DB, captured with a `before_cursor_execute` listener and replayed in the same
+  kind of read-only transaction, rows fetched, nothing folded or published.
+- 7-day: the aggregates below restricted to a REST-polling exporter's 7-day lookback:
+  the runs due within 7 days of the newest run of the fill (not of now(); 168 runs per
+  DAG) and their task instances. Written for the indexes (see `window_aggregation`);
+  SQL only, the exporter's API calls and JSON come on top.
+- full agg: the `GROUP BY` over all runs and task instances that plugin exporters run
+  on every scrape.
+
+and prints the ratios full agg / bridge, 7-day / bridge and bridge / SQL floor. Then:
+one scrape of 10 000 series and rendering them (a new collector, so a cold encoder);
+freshness (a task's commit in the metadata DB to its count on /metrics, the bridge
+serving at its default interval); and the peak RSS of a fresh process that imports the
+bridge, idle and holding 10 000 and 100 000 series (published, rendered, scraped once),
+one process per figure so that none includes another. Uses $BRIDGE_TEST_DATABASE_URL
+or an embedded PostgreSQL, with a template database of its own. Figures only;
+correctness is in the tests (tests/test_benchmark.py runs these parts at a tiny size).
 """
 
 from __future__ import annotations
@@ -21,18 +42,26 @@ import random
 import resource
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine, text
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from bridge import app
+from bridge.airflow.schema import AirflowSchema
 from bridge.collector import Snapshot, SnapshotCollector, View
+from bridge.demo.dump import load_dump
 from bridge.health import Health
 from bridge.server import make_app
 from tests import postgres
@@ -40,12 +69,146 @@ from tests.metadb import AirflowWriter, TaskWriter, fill_history
 
 TASKS_PER_RUN = 4
 ACTIVE = 50
+WINDOW = timedelta(days=7)
+RSS_SERIES = (10_000, 100_000)
 FULL_AGGREGATION = (
     "SELECT dag_id, state, run_type, count(*), "
     "sum(extract(epoch FROM end_date - start_date)) FROM dag_run GROUP BY dag_id, state, run_type",
     "SELECT dag_id, task_id, state, count(*), sum(duration) FROM task_instance "
     "GROUP BY dag_id, task_id, state",
 )
+ROOT = Path(__file__).resolve().parent.parent
+
+Statement = tuple[str, Any]  # SQL as sent to the driver, and its parameters
+
+
+def window_column(schema: AirflowSchema) -> str:
+    """The date a 7-day lookback filters on: `run_after` where Airflow indexes it (3.x),
+    else the logical date, which only the unique (dag_id, logical date) index holds."""
+    return schema.run_after_column if schema.run_after_column != "NULL" \
+        else schema.logical_date_column
+
+
+def window_aggregation(schema: AirflowSchema) -> tuple[str, str]:
+    """FULL_AGGREGATION restricted to the runs after :since and their task instances.
+
+    Written for the indexes, as a fair competitor would: on 3.x a range of the run_after
+    index; on 2.x DAG by DAG over the unique (dag_id, execution_date) index, as a REST
+    exporter asks for each DAG's runs since a date (the DAG ids from a loose index scan
+    of dag_run: the fill writes no `dag` rows, and listing them would cost no less); the
+    task instances run by run through ti_dag_run. `OFFSET 0` keeps the planner from
+    flattening those lookups into scans of whole tables, which it prefers at small sizes
+    although they are slower.
+    """
+    column = window_column(schema)
+    if column == "run_after":
+        runs = "SELECT dag_id, run_id, state, run_type, start_date, end_date FROM dag_run " \
+               "WHERE run_after > :since"
+    else:
+        runs = f"""
+            WITH RECURSIVE dags(dag_id) AS (
+                (SELECT dag_id FROM dag_run ORDER BY dag_id LIMIT 1)
+                UNION ALL
+                SELECT (SELECT r.dag_id FROM dag_run r WHERE r.dag_id > dags.dag_id
+                        ORDER BY r.dag_id LIMIT 1)
+                FROM dags WHERE dags.dag_id IS NOT NULL)
+            SELECT r.* FROM dags CROSS JOIN LATERAL (
+                SELECT dag_id, run_id, state, run_type, start_date, end_date FROM dag_run
+                WHERE dag_run.dag_id = dags.dag_id AND dag_run.{column} > :since
+                OFFSET 0) AS r"""
+    recent = f"WITH recent AS MATERIALIZED ({runs}) "
+    return (
+        recent + "SELECT dag_id, state, run_type, count(*), "
+        "sum(extract(epoch FROM end_date - start_date)) FROM recent "
+        "GROUP BY dag_id, state, run_type",
+        recent + "SELECT ti.dag_id, ti.task_id, ti.state, count(*), sum(ti.duration) "
+        "FROM recent CROSS JOIN LATERAL (SELECT dag_id, task_id, state, duration "
+        "FROM task_instance WHERE task_instance.dag_id = recent.dag_id "
+        "AND task_instance.run_id = recent.run_id OFFSET 0) AS ti "
+        "GROUP BY ti.dag_id, ti.task_id, ti.state",
+    )
+
+
+def window_since(conn: Connection, schema: AirflowSchema) -> datetime:
+    """Start of the 7-day window: 7 days before the newest run of the fill (not now())."""
+    newest = conn.execute(text(f"SELECT max({window_column(schema)}) FROM dag_run")).scalar()
+    assert isinstance(newest, datetime), "no dag_run rows"
+    return newest - WINDOW
+
+
+def aggregate(conn: Connection, statements: Sequence[str],
+              params: dict[str, Any] | None = None) -> list[int]:
+    """Run each aggregation, all rows fetched; the rows counted by each (sum of count(*))."""
+    return [sum(int(row[3]) for row in conn.execute(text(sql), params or {}).fetchall())
+            for sql in statements]
+
+
+@contextmanager
+def capture(engine: Engine) -> Iterator[list[Statement]]:
+    """Every statement sent through `engine` while inside, as the driver got it."""
+    statements: list[Statement] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def replay(engine: Engine, statements: Sequence[Statement]) -> int:
+    """Send `statements` again in one read-only snapshot, as a cycle reads; rows fetched."""
+    conn = engine.connect().execution_options(
+        isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    rows = 0
+    with conn, conn.begin():
+        for statement, parameters in statements:
+            result = conn.exec_driver_sql(statement, parameters)
+            if result.returns_rows:
+                rows += len(result.fetchall())
+    return rows
+
+
+class TimedCollector(SnapshotCollector):
+    """The collector, timing each publish (building families, rendering both formats)
+    and counting the Airflow series it was given."""
+
+    def __init__(self, view: View) -> None:
+        super().__init__(view)
+        self.publish_ms: list[float] = []
+        self.series = 0
+
+    def publish(self, snapshot: Snapshot) -> int:
+        started = time.perf_counter()
+        dropped = super().publish(snapshot)
+        self.publish_ms.append((time.perf_counter() - started) * 1000)
+        self.series = sum(len(family) for family in snapshot.series.values())
+        return dropped
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One size's figures; times are medians in milliseconds."""
+
+    task_instances: int
+    runs: int
+    fill_s: float
+    cycle_ms: float
+    publish_ms: float
+    series: int  # Airflow series the cycle published
+    rows_read: int
+    statements: int  # sent to the metadata DB by one steady-state cycle
+    replayed: int  # statements the SQL floor sent (counted by the same listener)
+    floor_ms: float
+    floor_rows: int
+    window_ms: float
+    window_runs: int
+    window_task_instances: int
+    full_ms: float
+    full_rows: int
 
 
 def _median_ms(action: Callable[[], object], repeat: int) -> float:
@@ -57,15 +220,25 @@ def _median_ms(action: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples) * 1000
 
 
-def measure(pg: postgres.Postgres, template: str, version: str, task_instances: int,
-            repeat: int) -> dict[str, float]:
+def shape(task_instances: int) -> tuple[int, int]:
+    """(DAGs, runs per DAG) for a size: at least 10 DAGs, at most 5 000 runs each."""
     runs = task_instances // TASKS_PER_RUN
     dags = max(10, runs // 5000)
+    return dags, runs // dags
+
+
+def measure(pg: postgres.Postgres, template: str, version: str, task_instances: int,
+            repeat: int, dags: int | None = None) -> Figures:
+    """Fill a fresh database of `template` and time the bridge and the others on it."""
+    default_dags, _ = shape(task_instances)
+    dags = dags or default_dags
+    runs_per_dag = task_instances // TASKS_PER_RUN // dags
+    runs = dags * runs_per_dag
     name = pg.fresh_name("amb_bench")
     pg.create_database(name, template=template)
     writer = AirflowWriter(pg.libpq(name), version)
     started = time.perf_counter()
-    fill_history(writer, runs_per_dag=runs // dags, dags=dags, active=ACTIVE,
+    fill_history(writer, runs_per_dag=runs_per_dag, dags=dags, active=ACTIVE,
                  tasks_per_run=TASKS_PER_RUN, jobs=runs // 10)
     filled = time.perf_counter() - started
     try:
@@ -75,43 +248,130 @@ def measure(pg: postgres.Postgres, template: str, version: str, task_instances: 
                 "BRIDGE_CACHE_URL": f"sqlite:///{Path(tmp) / 'cache.db'}",
                 "BRIDGE_LOOKBACK": "0"})
             bridge = app.Bridge.build(settings)
-            refresher = bridge.refresher
-            assert refresher.refresh()
-            cycle_ms = _median_ms(refresher.refresh, repeat)
-            rows_read = refresher.last_rows_read
-            engine = create_engine(settings.require_airflow_url())
-            with engine.connect() as conn:
-                full_ms = _median_ms(
-                    lambda: [conn.execute(text(sql)).fetchall() for sql in FULL_AGGREGATION],
-                    max(3, repeat // 5))
-                full_rows = runs * (1 + TASKS_PER_RUN)
-            engine.dispose()
-            bridge.close()
+            try:
+                refresher = bridge.refresher
+                collector = TimedCollector(View.of(settings))
+                refresher.collector = bridge.collector = collector
+
+                def refresh() -> None:
+                    if not refresher.refresh():
+                        raise RuntimeError("a bridge cycle failed (see the log)")
+
+                refresh()  # the first cycle: schema detection, the reconcile window
+                engine = bridge.source.engine
+                with capture(engine) as cycle:
+                    refresh()
+                collector.publish_ms.clear()
+                cycle_ms = _median_ms(refresh, repeat)
+                publish_ms = statistics.median(collector.publish_ms)
+                series = collector.series
+                rows_read = refresher.last_rows_read
+                with capture(engine) as replayed:
+                    floor_rows = replay(engine, cycle)
+                floor_ms = _median_ms(lambda: replay(engine, cycle), repeat)
+                schema = bridge.source.schema
+            finally:
+                bridge.close()
+        other = create_engine(settings.require_airflow_url())
+        try:
+            with other.connect() as conn:
+                window = window_aggregation(schema)
+                params = {"since": window_since(conn, schema)}
+                window_runs, window_tis = aggregate(conn, window, params)
+                window_ms = _median_ms(lambda: aggregate(conn, window, params), repeat)
+                full_rows = sum(aggregate(conn, FULL_AGGREGATION))
+                full_ms = _median_ms(lambda: aggregate(conn, FULL_AGGREGATION),
+                                     max(3, repeat // 5))
+        finally:
+            other.dispose()
     finally:
         writer.close()
         pg.drop_database(name)
-    return {"task_instances": runs * TASKS_PER_RUN, "runs": runs, "fill_s": filled,
-            "cycle_ms": cycle_ms, "rows_read": rows_read, "full_ms": full_ms,
-            "full_rows": full_rows}
+    return Figures(
+        task_instances=runs * TASKS_PER_RUN, runs=runs, fill_s=filled, cycle_ms=cycle_ms,
+        publish_ms=publish_ms, series=series, rows_read=rows_read, statements=len(cycle),
+        replayed=len(replayed), floor_ms=floor_ms, floor_rows=floor_rows,
+        window_ms=window_ms, window_runs=window_runs, window_task_instances=window_tis,
+        full_ms=full_ms, full_rows=full_rows)
+
+
+def report(results: Sequence[Figures], version: str, repeat: int) -> None:
+    print(f"Airflow {version} schema; {ACTIVE} active runs; cache on SQLite; "
+          f"medians of {repeat} runs (full agg: of {max(3, repeat // 5)}); times in ms")
+    print(f"{'task instances':>15}{'dag runs':>11}{'fill s':>8}{'bridge':>9}{'publish':>9}"
+          f"{'series':>8}{'rows read':>11}{'SQL floor':>11}{'stmts':>7}{'7-day':>9}"
+          f"{'rows read':>11}{'full agg':>10}{'rows read':>12}")
+    for r in results:
+        print(f"{r.task_instances:>15,}{r.runs:>11,}{r.fill_s:>8.0f}{r.cycle_ms:>9.1f}"
+              f"{r.publish_ms:>9.1f}{r.series:>8,}{r.rows_read:>11,}{r.floor_ms:>11.1f}{r.statements:>7}"
+              f"{r.window_ms:>9.1f}{r.window_runs + r.window_task_instances:>11,}"
+              f"{r.full_ms:>10.1f}{r.full_rows:>12,}")
+    print(f"{'task instances':>15}{'full agg / bridge':>19}{'7-day / bridge':>16}"
+          f"{'bridge / SQL floor':>20}")
+    for r in results:
+        print(f"{r.task_instances:>15,}{r.full_ms / r.cycle_ms:>18.1f}x"
+              f"{r.window_ms / r.cycle_ms:>15.1f}x{r.cycle_ms / r.floor_ms:>19.1f}x")
+    if len(results) > 1:
+        print(f"bridge cycle at the largest size / at the smallest: "
+              f"{results[-1].cycle_ms / results[0].cycle_ms:.2f}x")
+
+
+def counters(series: int) -> dict[str, dict[Any, float]]:
+    """`series` per-task counter series, 100 tasks per DAG."""
+    per_dag = 100
+    return {"airflow_task_instance_finished_total": {
+        (("dag_id", f"dag_{i // per_dag}"), ("state", "success"), ("task_id", f"task_{i}")):
+            float(i) for i in range(series)}}
 
 
 def scrape_ms(series: int) -> tuple[float, float]:
     """(render at refresh, scrape) with `series` counter series, via the WSGI app."""
-    per_dag = 100
-    counters = {"airflow_task_instance_finished_total": {
-        (("dag_id", f"dag_{i // per_dag}"), ("state", "success"), ("task_id", f"task_{i}")):
-            float(i) for i in range(series)}}
     collector = SnapshotCollector(View(30, max_series=series + 1000))
+    snapshot = Snapshot(counters(series), Health(version="bench"))
     started = time.perf_counter()
-    collector.publish(Snapshot(counters, Health(version="bench")))
+    collector.publish(snapshot)
     render = (time.perf_counter() - started) * 1000
-    app = make_app(collector, lambda: True, "bench")
+    wsgi = make_app(collector, lambda: True, "bench")
     environ = {"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"}
 
     def scrape() -> bytes:
-        return b"".join(app(environ, lambda *_: None))
+        return b"".join(wsgi(environ, lambda *_: None))
 
     return render, _median_ms(scrape, 200)
+
+
+def _peak_kib() -> int:
+    """This process's peak RSS in KiB: VmHWM on Linux, where `ru_maxrss` keeps the peak of
+    the parent across fork and exec (it would report the benchmark's own peak)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return next(int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmHWM:"))
+
+
+def hold(series: int) -> int:
+    """Publish `series` series, scrape them once (0: stay idle); the peak RSS in KiB.
+
+    Meant for a fresh process (`peak_rss_kib`), so that the peak is this figure's alone.
+    """
+    if series:
+        collector = SnapshotCollector(View(30, max_series=series + 1000))
+        collector.publish(Snapshot(counters(series), Health(version="bench")))
+        wsgi = make_app(collector, lambda: True, "bench")
+        body = b"".join(wsgi({"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"},
+                             lambda *_: None))
+        assert body
+    return _peak_kib()
+
+
+def peak_rss_kib(series: int) -> int:
+    """Peak RSS of a fresh interpreter that imports the bridge and holds `series` series."""
+    child = subprocess.run(
+        [sys.executable, "-c", f"from tests.benchmark import hold; print(hold({series}))"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    return int(child.stdout.split()[-1])
 
 
 def freshness(pg: postgres.Postgres, template: str, version: str,
@@ -166,6 +426,27 @@ def _scrape(port: int) -> str:
         return str(response.read().decode())
 
 
+def report_rss(series: Sequence[int]) -> None:
+    """Peak RSS, each figure from its own fresh process so none includes another."""
+    idle = peak_rss_kib(0)
+    parts = [f"idle, bridge imported {idle / 1024:.0f} MB"]
+    for n in series:
+        held = peak_rss_kib(n)
+        parts.append(f"{n:,} series {held / 1024:.0f} MB "
+                     f"(+{(held - idle) / 1024:.0f} MB, {(held - idle) * 1024 / n:,.0f} B/series)")
+    print("peak RSS of a fresh process: " + "; ".join(parts))
+
+
+def load_template(pg: postgres.Postgres, version: str) -> str:
+    """The Airflow schema in a template of the benchmark's own: the tests' templates of the
+    same server are left alone, so tests may run meanwhile."""
+    name = "amb_bench_" + postgres.template_name(version)
+    pg.create_database(name)
+    with psycopg.connect(pg.libpq(name), autocommit=True) as conn:
+        load_dump(conn, postgres.FIXTURES / f"airflow-{version}.sql")
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task-instances", type=int, nargs="+",
@@ -178,31 +459,20 @@ def main() -> None:
     args = parser.parse_args()
 
     pg = postgres.start()
-    template = postgres.load_airflow_schema(pg, args.version)
+    template = load_template(pg, args.version)
     results = [measure(pg, template, args.version, n, args.repeat)
                for n in args.task_instances]
-    print(f"Airflow {args.version} schema; {ACTIVE} active runs; cache on SQLite; "
-          f"median of {args.repeat} cycles")
-    print(f"{'task instances':>15}{'dag runs':>11}{'fill s':>8}{'bridge ms':>11}"
-          f"{'rows read':>11}{'full agg ms':>13}{'rows read':>12}{'ratio':>9}")
-    for r in results:
-        print(f"{r['task_instances']:>15,}{r['runs']:>11,}{r['fill_s']:>8.0f}"
-              f"{r['cycle_ms']:>11.1f}{r['rows_read']:>11,}{r['full_ms']:>13.1f}"
-              f"{r['full_rows']:>12,}{r['full_ms'] / r['cycle_ms']:>8.0f}x")
-    if len(results) > 1:
-        print(f"bridge cycle at the largest size / at the smallest: "
-              f"{results[-1]['cycle_ms'] / results[0]['cycle_ms']:.2f}x")
+    report(results, args.version, args.repeat)
     render, scrape = scrape_ms(10_000)
     print(f"10,000 series: one scrape {scrape:.3f} ms; rendering both formats once per "
-          f"refresh (in the refresh thread) {render:.1f} ms")
+          f"refresh (in the refresh thread, a new collector) {render:.1f} ms")
     if args.freshness:
         fresh = sorted(freshness(pg, template, args.version, args.freshness))
         p99 = fresh[min(len(fresh) - 1, round(0.99 * (len(fresh) - 1)))]
         print(f"freshness at the default interval, task commit -> /metrics, "
               f"{len(fresh)} tasks: p50 {statistics.median(fresh):.1f} s, p99 {p99:.1f} s, "
               f"max {fresh[-1]:.1f} s")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process: {peak:.0f} MB")
+    report_rss(RSS_SERIES)
 
 
 if __name__ == "__main__":
