@@ -86,7 +86,12 @@ def _prepare(spec: MetricSpec, series: Series, view: View) -> _Prepared:
     # Series cached under an earlier definition with other labels are not served.
     series = {k: v for k, v in series.items() if {n for n, _ in k} == set(label_names)}
     if "dag_id" in label_names:
-        series = {k: v for k, v in series.items() if view.shows_dag(dict(k)["dag_id"])}
+        shown: dict[str, bool] = {}  # a few DAGs carry many series: match each DAG once
+        for labels in series:
+            dag_id = dict(labels)["dag_id"]
+            if dag_id not in shown:
+                shown[dag_id] = view.shows_dag(dag_id)
+        series = {k: v for k, v in series.items() if shown[dict(k)["dag_id"]]}
     if "task_id" in label_names and not view.task_id_label:
         label_names = tuple(n for n in label_names if n != "task_id")
         series = _without_task_id(series)
@@ -149,13 +154,53 @@ def _merge(left: Any, right: Any) -> Any:
     return left + right
 
 
-def build_families(snapshot: Snapshot, view: View) -> tuple[list[Metric], int]:
+@dataclass
+class _Built:
+    """A family as built from one input, reused while the input stays equal."""
+
+    source: dict[Labels, float | HistogramValue]  # a copy: the caller may change its own
+    prepared: _Prepared
+    family: Metric | None = None
+    kept: int = -1
+
+
+class Memo:
+    """What the last refresh built, per family, for one view: most families do not change
+    between refreshes, and comparing a family's series costs far less than rebuilding it
+    (the encoder then finds the very same samples and keeps their bytes)."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, _Built] = {}
+        self._view: View | None = None
+
+    def prepare(self, spec: MetricSpec, series: Series, view: View) -> _Prepared:
+        if view != self._view:
+            self._built.clear()
+            self._view = view
+        built = self._built.get(spec.name)
+        if built is None or built.prepared.spec != spec or built.source != series:
+            built = self._built[spec.name] = _Built(dict(series), _prepare(spec, series, view))
+        return built.prepared
+
+    def family(self, prepared: _Prepared, kept: int, interval: float) -> Metric:
+        built = self._built.get(prepared.spec.name)
+        if built is None or built.prepared is not prepared:  # not prepared by this memo
+            return _family(prepared, kept, interval)
+        if built.family is None or built.kept != kept:
+            built.family, built.kept = _family(prepared, kept, interval), kept
+        return built.family
+
+
+def build_families(snapshot: Snapshot, view: View,
+                   memo: Memo | None = None) -> tuple[list[Metric], int]:
     """Families in catalog order (the bridge's own first), and how many series the cap
     left out. The bridge's own families count against the cap but are never cut; of the
     rest only the per-task families are (see `_kept`): pool slots, heartbeats, DAG flags,
-    import errors and business metrics without a task_id label always stay."""
+    import errors and business metrics without a task_id label always stay. A `memo`
+    kept between calls with the same view reuses the families whose series are equal."""
+    memo = memo or Memo()
     sources = snapshot.series
-    airflow = [_prepare(spec, sources.get(spec.name, {}), view)
+    airflow = [memo.prepare(spec, sources.get(spec.name, {}), view)
                for spec in (*AIRFLOW, *view.business)]
     placeholder = bridge_health.series(snapshot.health, 0)
     reserve = sum(len(_prepare(spec, placeholder.get(spec.name) or sources.get(spec.name, {}),
@@ -166,7 +211,7 @@ def build_families(snapshot: Snapshot, view: View) -> tuple[list[Metric], int]:
     own = [_prepare(spec, health.get(spec.name) or sources.get(spec.name, {}), view)
            for spec in BRIDGE]
     return ([_family(f, len(f.series), view.interval) for f in own]
-            + [_family(f, n, view.interval) for f, n in zip(airflow, kept, strict=True)],
+            + [memo.family(f, n, view.interval) for f, n in zip(airflow, kept, strict=True)],
             dropped)
 
 
@@ -187,6 +232,7 @@ class SnapshotCollector(Collector):
         self._families: tuple[Metric, ...] = ()
         self._rendered: dict[str, bytes] = {}
         self._encoder = Encoder()  # keeps what it rendered last, to reuse what is unchanged
+        self._memo = Memo()  # likewise for the families built from the snapshot
 
     def publish(self, snapshot: Snapshot) -> int:
         """Make `snapshot` what scrapes see; returns the number of series left out.
@@ -194,7 +240,7 @@ class SnapshotCollector(Collector):
         Both exposition formats, plain and gzipped, are rendered here by the encoder, in
         the refresh thread, so that a scrape only hands over bytes.
         """
-        families, dropped = build_families(snapshot, self.view)
+        families, dropped = build_families(snapshot, self.view, self._memo)
         frozen = tuple(families)
         out = self._encoder.render(frozen)
         text_type, openmetrics_type = (choose_encoder(a)[1] for a in ("", OPENMETRICS))

@@ -210,3 +210,42 @@ def test_published_bytes_are_prometheus_clients_in_both_formats() -> None:
         series["airflow_dag_run_finished_total"] = {
             (("dag_id", "etl"), ("run_type", "scheduled"), ("state", "success")): 5.0}
         snapshot = Snapshot(series, snapshot.health)
+
+
+def test_refreshes_reuse_unchanged_families_and_show_every_change() -> None:
+    """A collector keeps what it built; each refresh still serves exactly what a new
+    collector would, including a change made in place to a dict published before."""
+    view = View(30, max_series=7)
+    collector = SnapshotCollector(view)
+    first = make_snapshot()
+    collector.publish(first)
+    before = {f.name: f for f in collector.collect()}
+
+    series = {name: dict(values) for name, values in first.series.items()}
+    runs = series["airflow_dag_run_finished_total"]
+    runs[(("dag_id", "etl"), ("run_type", "scheduled"), ("state", "success"))] = 5.0
+    changed = Snapshot(series, first.health)
+    collector.publish(changed)
+    after = {f.name: f for f in collector.collect()}
+    assert after["airflow_task_instance_finished"] is before["airflow_task_instance_finished"]
+    assert after["airflow_dag_run_finished"] is not before["airflow_dag_run_finished"]
+    assert generate_latest(collector) == generate_latest(_fresh(view, changed))
+
+    runs[(("dag_id", "etl"), ("run_type", "scheduled"), ("state", "success"))] = 6.0
+    dropped = collector.publish(changed)  # the same dict, changed in place since published
+    scrape = Scrape(generate_latest(collector).decode())
+    assert scrape.value("airflow_dag_run_finished_total", dag_id="etl", run_type="scheduled",
+                        state="success") == 6
+    assert generate_latest(collector) == generate_latest(_fresh(view, changed))
+    assert dropped == SnapshotCollector(view).publish(changed) == 4, "the cap still applies"
+
+    wider = View(30, max_series=100)
+    collector.view = wider  # a new view: nothing built for the old one is reused
+    collector.publish(changed)
+    assert generate_latest(collector) == generate_latest(_fresh(wider, changed))
+
+
+def _fresh(view: View, snapshot: Snapshot) -> SnapshotCollector:
+    collector = SnapshotCollector(view)
+    collector.publish(snapshot)
+    return collector
