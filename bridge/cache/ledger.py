@@ -117,6 +117,19 @@ class CacheTransaction:
             self.conn.execute(table.insert(), list(fresh.values()))
         return list(fresh.values())
 
+    def recorded(self, table: Table, prefixes: Sequence[tuple[Any, ...]],
+                 *columns: str) -> list[tuple[Any, ...]]:
+        """Rows recorded under these primary-key prefixes: each prefix, then `columns`."""
+        keys = [column.name for column in table.primary_key.columns]
+        found: list[tuple[Any, ...]] = []
+        for start in range(0, len(prefixes), CLAIM_CHUNK):
+            chunk = {tuple(p) for p in prefixes[start:start + CLAIM_CHUNK]}
+            prefix = [table.c[k] for k in keys[:len(next(iter(chunk)))]]
+            found += [tuple(row) for row in self.conn.execute(
+                select(*prefix, *(table.c[c] for c in columns))
+                .where(tuple_(*prefix).in_(chunk)))]
+        return found
+
     def reopen(self, table: Table, tries: Sequence[tuple[Any, ...]]) -> int:
         """Let the next outcome of these tries be claimed again; returns how many reopened.
 

@@ -5,8 +5,8 @@ run back to queued), so each cycle reads the task instances of the runs that are
 now and of the runs that finished in this cycle, by the (dag_id, run_id) index. Every
 terminal try is folded once, keyed on (run, task, map index, try, end date), and only
 once its end date is written (or its run has finished); failed tries that were tried
-again come from task_instance_history, or, on schemas without it, from task instances
-seen in `up_for_retry`.
+again come from task_instance_history, or, on schemas without it (before 2.10), from the
+try number, which there counts the tries that started.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ SPECS = (FINISHED_TOTAL, RETRIES_TOTAL, DURATION, QUEUED)
 
 TERMINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 RESET_STATES = (None, "scheduled", "queued", "restarting")  # what a clear leaves
+RETRIED_STATES = ("failed", "up_for_retry")  # a try in one of these that ran again retried
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,7 @@ class TaskInstanceStage:
                       for f in reader.failed_tries(sorted(current))
                       if f.try_number < current[(f.dag_id, f.task_id, f.run_id, f.map_index)]]
         else:
-            failed = [(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
-                      for ti in instances if ti.state == "up_for_retry"]
+            failed = self._retried_by_try_number(tx, instances, runs)
         rows = [{"dag_run_id": runs[(dag_id, run_id)].id, "task_id": task_id,
                  "map_index": map_index, "try_number": try_number, "dag_id": dag_id,
                  "folded_at": now}
@@ -155,6 +155,23 @@ class TaskInstanceStage:
         for row in claimed:
             tx.add(RETRIES_TOTAL.name, (("dag_id", row["dag_id"]), ("task_id", row["task_id"])))
         return len(claimed)
+
+    @staticmethod
+    def _retried_by_try_number(tx: CacheTransaction, instances: list[TaskInstance],
+                               runs: dict[tuple[str, str], DagRun],
+                               ) -> list[tuple[str, str, str, int, int]]:
+        """Before 2.10 a try number counts the tries that started, so every earlier try ran
+        again: a retry, unless a cycle folded an outcome of it that a clear re-ran (success,
+        skipped, ...). That way a retry between two cycles is not missed."""
+        later = {(runs[(ti.dag_id, ti.run_id)].id, ti.task_id, ti.map_index): ti
+                 for ti in instances if ti.try_number > 1}
+        rerun = {(run_id, task_id, map_index, try_number)
+                 for run_id, task_id, map_index, try_number, state
+                 in tx.recorded(task_instance_finished, sorted(later), "try_number", "state")
+                 if state not in RETRIED_STATES}
+        return [(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, earlier)
+                for key, ti in later.items() for earlier in range(1, ti.try_number)
+                if (*key, earlier) not in rerun]
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
