@@ -55,13 +55,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from bridge import app
 from bridge.airflow.schema import AirflowSchema
 from bridge.collector import Snapshot, SnapshotCollector, View
-from bridge.demo.dump import load_dump
 from bridge.health import Health
 from bridge.server import make_app
 from tests import postgres
@@ -437,16 +435,6 @@ def report_rss(series: Sequence[int]) -> None:
     print("peak RSS of a fresh process: " + "; ".join(parts))
 
 
-def load_template(pg: postgres.Postgres, version: str) -> str:
-    """The Airflow schema in a template of the benchmark's own: the tests' templates of the
-    same server are left alone, so tests may run meanwhile."""
-    name = "amb_bench_" + postgres.template_name(version)
-    pg.create_database(name)
-    with psycopg.connect(pg.libpq(name), autocommit=True) as conn:
-        load_dump(conn, postgres.FIXTURES / f"airflow-{version}.sql")
-    return name
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task-instances", type=int, nargs="+",
@@ -459,10 +447,19 @@ def main() -> None:
     args = parser.parse_args()
 
     pg = postgres.start()
-    template = load_template(pg, args.version)
-    results = [measure(pg, template, args.version, n, args.repeat)
-               for n in args.task_instances]
-    report(results, args.version, args.repeat)
+    template = postgres.load_airflow_schema(pg, args.version)  # named per process
+    try:
+        results = [measure(pg, template, args.version, n, args.repeat)
+                   for n in args.task_instances]
+        report(results, args.version, args.repeat)
+        _report_scrape_and_freshness(pg, template, args)
+    finally:
+        pg.drop_database(template)
+    report_rss(RSS_SERIES)
+
+
+def _report_scrape_and_freshness(pg: postgres.Postgres, template: str,
+                                 args: argparse.Namespace) -> None:
     render, scrape = scrape_ms(10_000)
     print(f"10,000 series: one scrape {scrape:.3f} ms; rendering both formats once per "
           f"refresh (in the refresh thread, a new collector) {render:.1f} ms")
@@ -472,7 +469,6 @@ def main() -> None:
         print(f"freshness at the default interval, task commit -> /metrics, "
               f"{len(fresh)} tasks: p50 {statistics.median(fresh):.1f} s, p99 {p99:.1f} s, "
               f"max {fresh[-1]:.1f} s")
-    report_rss(RSS_SERIES)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ def pg() -> Iterator[postgres.Postgres]:
 
 
 @pytest.fixture(scope="session")
-def airflow_templates(pg: postgres.Postgres) -> dict[str, str]:
-    return {v: postgres.load_airflow_schema(pg, v) for v in postgres.AIRFLOW_VERSIONS}
+def airflow_templates(pg: postgres.Postgres) -> Iterator[dict[str, str]]:
+    templates = postgres.Templates(pg)
+    yield templates
+    templates.drop()
 
 
 @pytest.fixture(params=postgres.AIRFLOW_VERSIONS)

@@ -1,9 +1,10 @@
 """Writes dag_run rows the way Airflow's scheduler, CLI and `airflow db clean` do.
 
-Columns and transitions follow the real 2.10 / 3.x schemas loaded from the fixtures:
+Columns and transitions follow the real 2.7 - 3.3 schemas loaded from the fixtures:
 queued (queued_at set) -> running (start_date set) -> success/failed (end_date set);
 clearing a finished run puts it back to queued with start/end reset and
-clear_number + 1; `db clean` deletes old rows (task instances cascade).
+clear_number + 1 (2.8+); `db clean` deletes old rows (task instances cascade).
+Columns that only some releases have are written where the schema has them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ class AirflowWriter:
         self.version = version
         self.v3 = version.startswith("3.")
         self.date_column = "logical_date" if self.v3 else "execution_date"
+        self.has_history = self.has_table("task_instance_history")
+        self.has_clear_number = "clear_number" in self.columns("dag_run")
+        self.has_created_at = "created_at" in self.columns("dag_run")
+
+    def has_table(self, table: str) -> bool:
+        return self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (
+            True,)
+
+    def columns(self, table: str) -> set[str]:
+        rows = self.conn.execute("SELECT column_name FROM information_schema.columns "
+                                 "WHERE table_schema = current_schema() AND table_name = %s",
+                                 (table,)).fetchall()
+        return {str(row[0]) for row in rows}
 
     def close(self) -> None:
         self.conn.close()
@@ -41,10 +55,13 @@ class AirflowWriter:
             "data_interval_start": logical_date, "data_interval_end": logical_date,
             "updated_at": queued_at or start_date,
         }
+        if self.has_clear_number:  # 2.8 declares it NOT NULL without a server default
+            values["clear_number"] = 0
         if self.v3:
             values.update(logical_date=logical_date, run_after=stamp,
-                          triggered_by="test" if run_type == "manual" else None,
-                          created_at=queued_at or start_date)
+                          triggered_by="test" if run_type == "manual" else None)
+            if self.has_created_at:  # 3.2+
+                values["created_at"] = queued_at or start_date
         else:
             if logical_date is None:
                 raise ValueError("Airflow 2 requires an execution_date")
@@ -85,9 +102,10 @@ class AirflowWriter:
 
     def clear_run(self, run: int, at: datetime) -> None:
         """`airflow tasks clear` on a finished run: back to queued, counted again later."""
+        bump = ", clear_number = clear_number + 1" if self.has_clear_number else ""
         self.conn.execute(
             "UPDATE dag_run SET state = 'queued', queued_at = %s, start_date = NULL, "
-            "end_date = NULL, last_scheduling_decision = NULL, clear_number = clear_number + 1, "
+            f"end_date = NULL, last_scheduling_decision = NULL{bump}, "
             "updated_at = %s WHERE id = %s", (at, at, run))
 
     def db_clean(self, before: datetime) -> int:
@@ -113,6 +131,8 @@ def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
     """
     date_column = af.date_column
     extra_cols, extra_vals = ("run_after, ", "t, ") if af.v3 else ("", "")
+    if af.has_clear_number:
+        extra_cols, extra_vals = extra_cols + "clear_number, ", extra_vals + "0, "
     af.conn.execute(f"""
         INSERT INTO dag_run (dag_id, run_id, run_type, state, {date_column}, {extra_cols}
                              queued_at, start_date, end_date, data_interval_end)
@@ -140,13 +160,14 @@ def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
             FROM dag_run r, generate_series(1, {tasks_per_run}) AS k
         """)
         th_id, th_val = ("task_instance_id, ", "gen_random_uuid(), ") if af.v3 else ("", "")
-        af.conn.execute(f"""
-            INSERT INTO task_instance_history ({th_id}dag_id, run_id, task_id, map_index,
-                state, try_number, max_tries, pool, pool_slots, start_date, end_date)
-            SELECT {th_val}dag_id, run_id, task_id, map_index, 'failed', 1, 2, pool, 1,
-                   start_date, end_date
-            FROM task_instance WHERE try_number = 2
-        """)
+        if af.has_history:
+            af.conn.execute(f"""
+                INSERT INTO task_instance_history ({th_id}dag_id, run_id, task_id, map_index,
+                    state, try_number, max_tries, pool, pool_slots, start_date, end_date)
+                SELECT {th_val}dag_id, run_id, task_id, map_index, 'failed', 1, 2, pool, 1,
+                       start_date, end_date
+                FROM task_instance WHERE try_number = 2
+            """)
         value = ("jsonb_build_object('rows', length(r.run_id))" if af.v3 else
                  "convert_to('{\"rows\": ' || length(r.run_id) || '}', 'UTF8')")
         af.conn.execute(f"""
@@ -156,7 +177,8 @@ def fill_history(af: AirflowWriter, runs_per_dag: int = 2000, dags: int = 100,
             FROM dag_run r
         """)
         for table in ("task_instance", "task_instance_history", "xcom"):
-            af.conn.execute(f"ANALYZE {table}")
+            if af.has_table(table):
+                af.conn.execute(f"ANALYZE {table}")
     if jobs:
         af.conn.execute(f"""
             INSERT INTO job (dag_id, state, job_type, start_date, end_date, latest_heartbeat,
@@ -226,7 +248,10 @@ class TaskWriter:
         return end
 
     def archive_try(self, run: int, task_id: str, *, map_index: int = -1) -> None:
-        """Copy the current try to task_instance_history, as a clear or a failure does."""
+        """Copy the current try to task_instance_history, as a clear or a failure does
+        (2.10+; older releases keep no history)."""
+        if not self.af.has_history:
+            return
         dag_id, run_id = self._run(run)
         cols = ("task_id, dag_id, run_id, map_index, try_number, start_date, end_date, "
                 "duration, state, max_tries, pool, pool_slots, queued_dttm")
@@ -238,7 +263,9 @@ class TaskWriter:
 
     def next_try(self, run: int, task_id: str, *, map_index: int = -1) -> None:
         """The scheduler archives the finished try and schedules the next one (retry or
-        clear): the old row goes to task_instance_history, try_number + 1."""
+        clear): the old row goes to task_instance_history, try_number + 1. (Before 2.10
+        Airflow raised try_number when the try started, not when it was scheduled; a cycle
+        sees the same rows once the try runs.)"""
         self.archive_try(run, task_id, map_index=map_index)
         dag_id, run_id = self._run(run)
         params = {"d": dag_id, "r": run_id, "t": task_id, "m": map_index}
@@ -264,19 +291,18 @@ class TaskWriter:
             self.conn.execute("INSERT INTO dag_tag (name, dag_id) VALUES (%s, %s)", (tag, dag_id))
 
     def _dag_row(self, dag_id: str, paused: bool) -> None:
-        if self.af.v3:
+        columns = self.af.columns("dag")
+        values: dict[str, Any] = {"dag_id": dag_id, "is_paused": paused, "max_active_tasks": 16,
+                                  "has_task_concurrency_limits": False}
+        optional = {"is_active": True, "is_stale": False, "max_consecutive_failed_dag_runs": 0,
+                    "bundle_name": "dags-folder", "timetable_type": "cron",
+                    "partition_mapper_info": "{}"}
+        values.update({k: v for k, v in optional.items() if k in columns})
+        if "bundle_name" in values:
             self.conn.execute("INSERT INTO dag_bundle (name, active) VALUES ('dags-folder', true) "
                               "ON CONFLICT DO NOTHING")
-            self.conn.execute(
-                "INSERT INTO dag (dag_id, is_paused, is_stale, bundle_name, timetable_type, "
-                "partition_mapper_info, max_active_tasks, max_consecutive_failed_dag_runs, "
-                "has_task_concurrency_limits) VALUES (%s, %s, false, 'dags-folder', 'cron', "
-                "'{}', 16, 0, false)", (dag_id, paused))
-        else:
-            self.conn.execute(
-                "INSERT INTO dag (dag_id, is_paused, is_active, max_active_tasks, "
-                "max_consecutive_failed_dag_runs, has_task_concurrency_limits) "
-                "VALUES (%s, %s, true, 16, 0, false)", (dag_id, paused))
+        marks = ", ".join(f"%({k})s" for k in values)
+        self.conn.execute(f"INSERT INTO dag ({', '.join(values)}) VALUES ({marks})", values)
 
     def import_error(self, filename: str, at: datetime) -> None:
         self.conn.execute("INSERT INTO import_error (timestamp, filename, stacktrace) "

@@ -18,7 +18,9 @@ from sqlalchemy.engine import URL, make_url
 from bridge.demo.dump import load_dump
 
 FIXTURES = Path(__file__).parent / "fixtures" / "airflow"
-AIRFLOW_VERSIONS = ("2.10.5", "3.3.2")
+# Every release line the bridge supports, each from a real `airflow db migrate`.
+AIRFLOW_VERSIONS = ("2.7.3", "2.8.4", "2.9.3", "2.10.5", "2.11.2", "3.0.6", "3.1.8", "3.2.2",
+                    "3.3.2")
 EMBEDDED_DATA_DIR = Path("/tmp") / f"airflow-metrics-bridge-test-pg-{os.getuid()}"
 
 
@@ -66,12 +68,29 @@ def start() -> Postgres:
 
 
 def template_name(version: str) -> str:
-    return "amb_airflow_" + version.replace(".", "_")
+    """Per process, so test sessions sharing one server never drop each other's."""
+    return f"amb_airflow_{version.replace('.', '_')}_{os.getpid()}"
 
 
-def load_airflow_schema(pg: Postgres, version: str) -> str:
+class Templates(dict[str, str]):
+    """Airflow version -> template database, loaded when a test first asks for it."""
+
+    def __init__(self, pg: Postgres) -> None:
+        super().__init__()
+        self.pg = pg
+
+    def __missing__(self, version: str) -> str:
+        self[version] = load_airflow_schema(self.pg, version)
+        return self[version]
+
+    def drop(self) -> None:
+        for name in self.values():
+            self.pg.drop_database(name)
+
+
+def load_airflow_schema(pg: Postgres, version: str, name: str | None = None) -> str:
     """Create the template database of one Airflow version from its committed dump."""
-    name = template_name(version)
+    name = name or template_name(version)
     pg.create_database(name)
     with psycopg.connect(pg.libpq(name), autocommit=True) as conn:
         load_dump(conn, FIXTURES / f"airflow-{version}.sql")

@@ -37,6 +37,14 @@ def _known_revisions() -> dict[str, str]:
     return dict(json.loads(data))
 
 
+def _columns(conn: Connection, table: str) -> dict[str, str]:
+    """Column name -> data type of one table in the schema the role reads."""
+    rows = conn.execute(text(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = :table"), {"table": table})
+    return {str(name): str(kind) for name, kind in rows}
+
+
 def detect_schema(conn: Connection) -> AirflowSchema:
     """Tell Airflow 2.x from 3.x by the schema itself, never by configuration."""
     if conn.execute(text("SELECT to_regclass('alembic_version')")).scalar() is None or \
@@ -44,10 +52,7 @@ def detect_schema(conn: Connection) -> AirflowSchema:
         raise SchemaError("no `alembic_version`/`dag_run` table: this is not an Airflow metadata "
                           "DB, or the role cannot see it (check the database name and search_path)")
     revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    columns = set(conn.execute(text(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = 'dag_run'"
-    )).scalars())
+    columns = _columns(conn, "dag_run")
     if "logical_date" in columns:
         major, date_column = 3, "logical_date"
     elif "execution_date" in columns:
@@ -59,6 +64,7 @@ def detect_schema(conn: Connection) -> AirflowSchema:
     dag_tag = bool(conn.execute(text(
         "SELECT to_regclass('dag_tag') IS NOT NULL "
         "AND has_table_privilege(current_user, 'dag_tag', 'SELECT')")).scalar())
+    xcom_jsonb = _columns(conn, "xcom").get("value") == "jsonb"  # 3.x; bytea before
     # The schema only tells the first release with this migration head, hence the "+".
     known = _known_revisions().get(str(revision))
     version = f"{known}+" if known else f"{major}.x"
@@ -70,8 +76,8 @@ def detect_schema(conn: Connection) -> AirflowSchema:
         has_task_instance_history=history is not None,
         run_after_column="run_after" if "run_after" in columns else "NULL",
         clear_number_column="clear_number" if "clear_number" in columns else "NULL",
-        xcom_size="octet_length(value::text)" if major >= 3 else "octet_length(value)",
-        xcom_value="convert_to(value::text, 'UTF8')" if major >= 3 else "value",
-        dag_alive="NOT is_stale" if major >= 3 else "is_active",
+        xcom_size="octet_length(value::text)" if xcom_jsonb else "octet_length(value)",
+        xcom_value="convert_to(value::text, 'UTF8')" if xcom_jsonb else "value",
+        dag_alive="NOT is_stale" if "is_stale" in _columns(conn, "dag") else "is_active",
         dag_tag_readable=dag_tag,
     )
