@@ -9,10 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -144,12 +146,39 @@ def test_without_its_files_the_demo_explains_and_exits_2(
 
 
 @pytest.fixture(scope="module")
-def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sdist, wheel) as `python -m build` makes them: the wheel is built from the sdist,
+    so a file the sdist lacks is missing from the wheel too."""
+    dist = tmp_path_factory.mktemp("dist")
+    made = subprocess.run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    return (next(dist.glob("airflow_metrics_bridge-*.tar.gz")),
+            next(dist.glob("airflow_metrics_bridge-*.whl")))
+
+
+def test_wheel_ships_the_package_and_the_demo_files_only(built: tuple[Path, Path]) -> None:
+    sdist, wheel = built
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    shipped = {n for n in names if not n.startswith("airflow_metrics_bridge-")}
+    assert {"bridge/demo/airflow_schema/airflow-3.3.2.sql", "bridge/demo/bike/metrics.yaml",
+            "bridge/demo/monitoring/prometheus.yml", "bridge/airflow/airflow_versions.json",
+            "bridge/migrations/env.py", "bridge/py.typed"} <= shipped
+    assert {n for n in shipped if not n.startswith("bridge/")} == set(), "nothing but bridge/"
+    assert [n for n in shipped if n.startswith("bridge/demo/airflow_schema/")] == [
+        "bridge/demo/airflow_schema/airflow-3.3.2.sql"], "one schema, no fixture scripts"
+    with tarfile.open(sdist) as archive:
+        members = {m.name.split("/", 1)[1] for m in archive.getmembers() if "/" in m.name}
+    assert {"pyproject.toml", "README.md", "migrations/env.py",
+            "tests/fixtures/airflow/airflow-3.3.2.sql"} <= members
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(built: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The console script of the wheel built from this tree, in a fresh virtualenv."""
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                    str(work / "dist"), str(ROOT)], check=True, capture_output=True)
-    wheel = next((work / "dist").glob("airflow_metrics_bridge-*.whl"))
+    wheel = built[1]
     subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
     subprocess.run([str(work / "venv" / "bin" / "pip"), "install", "-q", f"{wheel}[demo]"],
                    check=True, capture_output=True)
