@@ -15,7 +15,7 @@ from bridge.demo.dump import load_dump
 from bridge.errors import ConfigError
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, TaskWriter, push_xcom
-from tests.postgres import FIXTURES
+from tests.postgres import CAPTURED_VERSIONS, FIXTURES
 
 BIKE_METRICS = Path(__file__).parent.parent / "deploy" / "bridge" / "metrics.yaml"
 ERRORS = "airflow_bridge_xcom_decode_errors_total"
@@ -43,6 +43,7 @@ def bike_samples(scrape: Scrape) -> dict[tuple[str, tuple[tuple[str, str], ...]]
             for (name, labels), value in scrape.samples.items() if name.startswith("bike_")}
 
 
+@pytest.mark.parametrize("airflow_version", CAPTURED_VERSIONS)
 def test_bike_metrics_from_xcoms_captured_from_real_airflow(
         airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
     load_dump(airflow_db.writer.conn, FIXTURES / f"capture-{airflow_db.version}.sql")

@@ -9,7 +9,7 @@ import pytest
 from bridge.demo.dump import load_dump
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.metadb import T0, TaskWriter
-from tests.postgres import FIXTURES
+from tests.postgres import AIRFLOW_VERSIONS, CAPTURED_VERSIONS, FIXTURES
 
 TI_FINISHED = "airflow_task_instance_finished_total"
 RETRIES = "airflow_task_instance_retries_total"
@@ -204,6 +204,13 @@ def test_heartbeats_paused_dags_and_import_errors(airflow_db: AirflowDb, tasks: 
     assert bridge.cycle().series("airflow_job_last_heartbeat_timestamp_seconds") == beats
 
 
+def test_captures_are_those_of_the_captured_releases() -> None:
+    captured = {path.name.removeprefix("capture-").removesuffix(".sql")
+                for path in FIXTURES.glob("capture-*.sql")}
+    assert captured == set(CAPTURED_VERSIONS) and captured <= set(AIRFLOW_VERSIONS)
+
+
+@pytest.mark.parametrize("airflow_version", CAPTURED_VERSIONS)
 def test_runs_captured_from_real_airflow(airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
     """`airflow dags test` runs of the example DAGs, as real Airflow wrote them."""
     load_dump(airflow_db.writer.conn, FIXTURES / f"capture-{airflow_db.version}.sql")
