@@ -13,7 +13,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from bridge import health as bridge_health
 from bridge.catalog import AIRFLOW, BRIDGE
@@ -84,7 +86,8 @@ class _Prepared:
 def _prepare(spec: MetricSpec, series: Series, view: View) -> _Prepared:
     label_names = spec.labels
     # Series cached under an earlier definition with other labels are not served.
-    series = {k: v for k, v in series.items() if {n for n, _ in k} == set(label_names)}
+    names = tuple(sorted(label_names))
+    series = {k: v for k, v in series.items() if tuple(map(_first, k)) == names}
     if "dag_id" in label_names:
         shown: dict[str, bool] = {}  # a few DAGs carry many series: match each DAG once
         for labels in series:
@@ -123,15 +126,34 @@ def _family(prepared: _Prepared, kept: int, interval: float) -> Metric:
              "histogram": HistogramMetricFamily}
     help_text = f"{spec.help} Refreshed every {interval:g}s by airflow-metrics-bridge."
     family: Any = kinds[spec.kind](spec.name, help_text, labels=prepared.label_names)
-    for labels, value in prepared.series[:kept]:
-        given = dict(labels)
-        values = [given.get(name, "") for name in prepared.label_names]
-        if isinstance(value, HistogramValue):
-            family.add_metric(values, [(_le(le), n) for le, n in value.buckets], value.sum)
-        else:
-            family.add_metric(values, value)
+    rows = prepared.series[:kept]
+    if spec.kind == "histogram":
+        for labels, value in rows:
+            given = dict(labels)
+            assert isinstance(value, HistogramValue)
+            family.add_metric([given[name] for name in prepared.label_names],
+                              [(_le(le), n) for le, n in value.buckets], value.sum)
+    elif rows:
+        # What add_metric appends, without its per-sample overhead: every label set has
+        # exactly the family's names (see _prepare), sorted; samples list them in the
+        # family's order.
+        sample_name = family.name + "_total" if spec.kind == "counter" else family.name
+        in_order = sorted(prepared.label_names)
+        position = [in_order.index(name) for name in prepared.label_names]
+        pick: Callable[[Labels], Any] = itemgetter(*position) if position != sorted(position) \
+            else _same
+        family.samples.extend([Sample(sample_name, dict(pick(labels)), cast(float, value))
+                               for labels, value in rows])
     built: Metric = family
     return built
+
+
+def _first(pair: tuple[str, str]) -> str:
+    return pair[0]
+
+
+def _same(labels: Labels) -> Labels:
+    return labels
 
 
 def _without_task_id(series: Series) -> Series:

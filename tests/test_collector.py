@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bridge.airflow.rows import CurrentState
 from bridge.app import airflow_series
 from bridge.cache.totals import Aggregates
+from bridge.catalog import BY_NAME
 from bridge.collector import Snapshot, SnapshotCollector, View, build_families
 from bridge.health import Health
 from bridge.metric import HistogramValue, Labels, MetricSpec
@@ -249,3 +251,22 @@ def _fresh(view: View, snapshot: Snapshot) -> SnapshotCollector:
     collector = SnapshotCollector(view)
     collector.publish(snapshot)
     return collector
+
+
+def test_samples_are_those_add_metric_would_make_labels_in_the_family_order() -> None:
+    """Families are filled without add_metric; each sample must still be the one it makes,
+    label names in the family's order (the exposition writes them in that order)."""
+    for family in build_families(make_snapshot(), View(30))[0]:
+        if family.type not in ("counter", "gauge"):
+            continue
+        kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily
+        spec = BY_NAME.get(family.name) or BY_NAME[family.name + "_total"]
+        names = list(spec.labels)  # task_id kept: View(30) serves it
+        reference = kind(family.name, family.documentation, labels=names)
+        for sample in family.samples:
+            reference.add_metric([sample.labels[n] for n in names], sample.value)
+        assert [(s.name, list(s.labels.items()), s.value) for s in family.samples] == \
+            [(s.name, list(s.labels.items()), s.value) for s in reference.samples]
+    runs = next(f for f in build_families(make_snapshot(), View(30))[0]
+                if f.name == "airflow_dag_run_finished")
+    assert list(runs.samples[0].labels) == ["dag_id", "state", "run_type"], "not sorted"
