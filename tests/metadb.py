@@ -274,6 +274,16 @@ class TaskWriter:
                           "state = 'scheduled', start_date = NULL, end_date = NULL, "
                           f"duration = NULL, queued_dttm = NULL WHERE {where}", params)
 
+    def clear_task(self, run: int, task_id: str, *, map_index: int = -1) -> None:
+        """clear_task_instances: the try archived (2.10+) and its state reset; try number
+        and dates stay, and on 3.x the task instance gets a new id."""
+        self.archive_try(run, task_id, map_index=map_index)
+        dag_id, run_id = self._run(run)
+        new_id = ", id = %(id)s" if self.af.v3 else ""
+        self.conn.execute(f"UPDATE task_instance SET state = NULL{new_id} WHERE {TI_WHERE}",
+                          {"d": dag_id, "r": run_id, "t": task_id, "m": map_index,
+                           "id": uuid.uuid4()})
+
     def pool(self, name: str, slots: int, include_deferred: bool = False) -> None:
         self.conn.execute("INSERT INTO slot_pool (pool, slots, description, include_deferred) "
                           "VALUES (%s, %s, '', %s)", (name, slots, include_deferred))

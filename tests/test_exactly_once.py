@@ -12,8 +12,10 @@ killed part-way and PostgreSQL restarts. An oracle counts what the counters must
 the end every run, task and retry counter must equal it exactly: no loss, no double count.
 
 Cases the README lists as unseeable are not generated: a finish cleared before any cycle
-saw it, and an outcome that keeps the try number and end date of the task's previous one
-before any cycle saw the task reset. CI runs a few seeds per Airflow version; a longer run:
+saw it, and (on 2.x, where a cleared task instance keeps its row id) an outcome that keeps
+the try number and end date of the task's previous one before any cycle saw the task
+reset; on 3.x the clear gives it a new id, and such outcomes are generated. CI runs a few
+seeds per Airflow version; a longer run:
 
     BRIDGE_ORACLE_SEEDS=40 python -m pytest tests/test_exactly_once.py
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +65,8 @@ class Ti:
     state: str | None = None
     try_number: int = 0  # 2.7+: 0 until the first try is scheduled (2.10+) or started
     end: datetime | None = None  # end_date as stored: a clear leaves it
-    last_outcome: tuple[int, datetime] | None = None  # (try, end date) of its latest outcome
+    last_outcome: tuple[int, datetime, int] | None = None  # (try, end, id) of its latest
+    generation: int = 0  # 3.x: a clear gives the task instance a new id
     reset_seen: bool = False  # a successful cycle saw it reset since that outcome
     archived: dict[int, str] = field(default_factory=dict)  # history: try -> state
     outcomes: dict[int, set[str]] = field(default_factory=dict)  # try -> states it ended in
@@ -97,6 +101,7 @@ class Model:
             "SELECT to_regclass('task_instance_history') IS NOT NULL").fetchone()
         # 2.10+: tries archived in task_instance_history, try_number raised when scheduled.
         self.history = bool(row and row[0])
+        self.new_ids = db.version.startswith("3.")  # a cleared task instance gets a new id
         self.clock = datetime.now(UTC).replace(microsecond=0)
         self.runs: list[Run] = []
         self.expected = Oracle()
@@ -159,7 +164,12 @@ class Model:
             if only_failed and ti.state not in FAILED:
                 continue
             self._archive(run, ti)
-            self._set(run, ti, "state = NULL, updated_at = %(at)s", at=at)
+            if self.new_ids:
+                self._set(run, ti, "state = NULL, id = %(id)s, updated_at = %(at)s", at=at,
+                          id=uuid.UUID(int=self.rng.getrandbits(128)))
+                ti.generation += 1
+            else:
+                self._set(run, ti, "state = NULL, updated_at = %(at)s", at=at)
             ti.state = None
         run.state = "queued"
 
@@ -182,10 +192,10 @@ class Model:
 
     # -- task instances -----------------------------------------------------------------
     def _outcome(self, run: Run, ti: Ti, state: str, end: datetime) -> None:
-        again = ti.last_outcome == (ti.try_number, end)  # countable only after a reset seen
+        again = ti.last_outcome == (ti.try_number, end, ti.generation)  # needs a reset seen
         self.events[f"{state} (same try and end)" if again else state] += 1
         ti.state, ti.end = state, end
-        ti.last_outcome, ti.reset_seen = (ti.try_number, end), False
+        ti.last_outcome, ti.reset_seen = (ti.try_number, end, ti.generation), False
         ti.outcomes.setdefault(ti.try_number, set()).add(state)
         self.expected.tries[(run.dag_id, ti.task_id, state)] += 1
 
@@ -261,9 +271,11 @@ class Model:
 
     @staticmethod
     def seeable(ti: Ti) -> bool:
-        """A state set without a try keeps try number and end date: when that is the key
-        of the task's latest outcome, it counts only if a cycle saw the task reset since."""
-        return ti.end is None or (ti.try_number, ti.end) != ti.last_outcome or ti.reset_seen
+        """A state set without a try keeps try number and end date: when that and the row
+        id (3.x) are those of the task's latest outcome, it counts only if a cycle saw the
+        task reset since."""
+        return ti.end is None or (ti.try_number, ti.end, ti.generation) != ti.last_outcome \
+            or ti.reset_seen
 
     def moves(self, run: Run) -> list[tuple[str, Ti | None]]:
         if all(ti.state in TERMINAL for ti in run.tis.values()):

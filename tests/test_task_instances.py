@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from bridge.demo.dump import load_dump
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
@@ -301,6 +302,70 @@ def test_cleared_task_failing_upstream_again_without_a_new_try_counts_again(
         assert ti(scrape, "load", "upstream_failed") == 2
         assert scrape.value("airflow_dag_run_finished_total", dag_id="etl", state="failed",
                             run_type="scheduled") == 2
+
+
+@pytest.mark.parametrize("second", ["upstream_failed", "success"])
+def test_clear_and_an_outcome_with_the_same_try_and_end_between_two_cycles(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory,
+        second: str) -> None:
+    """A cleared task set upstream_failed again keeps try number and end date, whether it
+    was upstream_failed (after a failed upstream) or success before. With no cycle between
+    the clear and the new outcome, only the new task instance id of 3.x tells them apart:
+    there both outcomes count; 2.x rows look exactly as before (the documented case)."""
+    af = airflow_db.writer
+    bridge = make_bridge(airflow_db.url)
+    recent = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)  # as Airflow dates
+    run = af.create_run("etl", logical_date=recent)
+    af.start_run(run, recent + timedelta(minutes=1))
+    tasks.add(run, "extract")
+    tasks.add(run, "load")
+    first = "failed" if second == "upstream_failed" else "success"
+    end = tasks.run_try(run, "extract", first, recent + timedelta(minutes=2))
+    if first == "failed":
+        tasks.set(run, "load", "upstream_failed", end)
+    else:
+        end = tasks.run_try(run, "load", "success", end)
+    af.finish_run(run, first, end)
+    bridge.cycle()
+    af.clear_run(run, end + timedelta(minutes=10))  # all of this between two cycles
+    tasks.clear_task(run, "extract")
+    tasks.clear_task(run, "load")
+    af.conn.execute("UPDATE task_instance SET try_number = try_number + 1 "  # rescheduled
+                    "WHERE task_id = 'extract'")
+    af.start_run(run, end + timedelta(minutes=11))
+    end2 = tasks.run_try(run, "extract", "failed", end + timedelta(minutes=11))
+    af.conn.execute("UPDATE task_instance SET state = 'upstream_failed' WHERE task_id = 'load'")
+    af.finish_run(run, "failed", end2)
+    v3 = airflow_db.version.startswith("3.")
+    for _ in range(2):
+        scrape = bridge.cycle()
+        runs = scrape.value("airflow_dag_run_finished_total", dag_id="etl", state="failed",
+                            run_type="scheduled")
+        if first == "failed":
+            assert (ti(scrape, "extract", "failed"), runs) == (2, 2)
+            assert ti(scrape, "load", "upstream_failed") == (2 if v3 else 1)
+        else:
+            assert (ti(scrape, "extract", "success"), ti(scrape, "extract", "failed")) == (1, 1)
+            assert (ti(scrape, "load", "success"), runs) == (1, 1)
+            assert ti(scrape, "load", "upstream_failed") == (1 if v3 else None)
+
+
+def test_outcomes_folded_before_keys_had_ids_are_not_counted_again(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
+    """A cache of an earlier release keyed 3.x outcomes without the task instance id: the
+    same outcome, read again with its id, must not count a second time."""
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "load")
+    tasks.run_try(run, "load", "success", T0 + timedelta(minutes=2))
+    assert ti(bridge.cycle(), "load", "success") == 1
+    with bridge.cache.engine.begin() as conn:  # the key as an earlier release wrote it
+        rows = conn.execute(text("UPDATE task_instance_finished SET end_key = "
+                                 "substr(end_key, 1, instr(end_key, '/') - 1) "
+                                 "WHERE end_key LIKE '%/%'")).rowcount
+    assert rows == (1 if airflow_db.version.startswith("3.") else 0)
+    for _ in range(2):
+        assert ti(bridge.cycle(), "load", "success") == 1
 
 
 def test_tasks_left_alone_by_a_clear_are_not_counted_again(

@@ -41,6 +41,7 @@ class TaskInstance:
     end_date: datetime | None
     duration: float | None
     queued_dttm: datetime | None
+    ti_id: str | None = None  # 3.x only
 
 
 @dataclass(frozen=True)

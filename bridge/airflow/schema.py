@@ -30,6 +30,7 @@ class AirflowSchema:
     xcom_value: str  # SQL of xcom.value as UTF-8 bytes, so no driver parses jsonb (3.x)
     dag_alive: str  # SQL condition for DAGs still parsed: `is_active` (2.x), `NOT is_stale`
     dag_tag_readable: bool  # roles granted before DAG tags were read may lack SELECT on it
+    ti_id: str  # SQL of task_instance.id as text (3.x: a new id per try and per clear), or NULL
 
 
 def _known_revisions() -> dict[str, str]:
@@ -80,4 +81,5 @@ def detect_schema(conn: Connection) -> AirflowSchema:
         xcom_value="convert_to(value::text, 'UTF8')" if xcom_jsonb else "value",
         dag_alive="NOT is_stale" if "is_stale" in _columns(conn, "dag") else "is_active",
         dag_tag_readable=dag_tag,
+        ti_id="ti.id::text" if "id" in _columns(conn, "task_instance") else "NULL",
     )

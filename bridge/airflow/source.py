@@ -111,7 +111,8 @@ class Reader:
             rows = self.execute(
                 "SELECT ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.state, "
                 "coalesce(ti.try_number, 0) AS try_number, ti.start_date, ti.end_date, "
-                "ti.duration, ti.queued_dttm FROM task_instance ti "
+                f"ti.duration, ti.queued_dttm, {self.schema.ti_id} AS ti_id "
+                "FROM task_instance ti "
                 "JOIN unnest(CAST(:dags AS varchar[]), CAST(:runs AS varchar[])) "
                 "AS k(dag_id, run_id) ON ti.dag_id = k.dag_id AND ti.run_id = k.run_id",
                 {"dags": [d for d, _ in chunk], "runs": [r for _, r in chunk]})

@@ -3,10 +3,11 @@
 A task instance can only change while its DAG run is active (clearing a task puts its
 run back to queued), so each cycle reads the task instances of the runs that are active
 now and of the runs that finished in this cycle, by the (dag_id, run_id) index. Every
-terminal try is folded once, keyed on (run, task, map index, try, end date), and only
-once its end date is written (or its run has finished); failed tries that were tried
-again come from task_instance_history, or, on schemas without it (before 2.10), from the
-try number, which there counts the tries that started.
+terminal try is folded once, keyed on (run, task, map index, try, end date, and on 3.x the
+task instance id, which a clear renews), and only once its end date is written (or its run
+has finished); failed tries that were tried again come from task_instance_history, or, on
+schemas without it (before 2.10), from the try number, which there counts the tries that
+started.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ SPECS = (FINISHED_TOTAL, RETRIES_TOTAL, DURATION, QUEUED)
 TERMINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 RESET_STATES = (None, "scheduled", "queued", "restarting")  # what a clear leaves
 RETRIED_STATES = ("failed", "up_for_retry")  # a try in one of these that ran again retried
+ID_DIGITS = 8  # of a 3.x task instance id, in the fold key: end date (26) + "/" + 8 + "#n"
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,17 @@ class TaskInstanceStage:
             if ti.end_date is None and not runs[(ti.dag_id, ti.run_id)].finished:
                 continue  # Airflow may commit a final state before its end date: wait for it
             end = naive_utc(ti.end_date)
+            plain = end.isoformat() if end else "none"
             row: dict[str, Any] = {
                 "dag_run_id": runs[(ti.dag_id, ti.run_id)].id,
                 "task_id": ti.task_id,
                 "map_index": ti.map_index,
                 "try_number": ti.try_number,
-                "end_key": end.isoformat() if end else "none",
+                # 3.x gives a cleared task instance a new id: with it in the key, an outcome
+                # that keeps the try number and end date after a clear still counts, even
+                # when no cycle saw the task reset. Its last hex digits are random enough
+                # to tell the ids of one try apart, and keep the key within its column.
+                "end_key": f"{plain}/{ti.ti_id[-ID_DIGITS:]}" if ti.ti_id else plain,
                 "dag_id": ti.dag_id,
                 "run_id": ti.run_id,
                 "state": ti.state,
@@ -123,7 +130,7 @@ class TaskInstanceStage:
             }
             rows.append(row)
             by_row[_key(row)] = ti
-        claimed = tx.claim(task_instance_finished, rows)
+        claimed = tx.claim(task_instance_finished, _not_folded_without_id(tx, rows))
         for row in claimed:
             labels: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]),
                               ("task_id", row["task_id"]))
@@ -172,6 +179,19 @@ class TaskInstanceStage:
         return [(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, earlier)
                 for key, ti in later.items() for earlier in range(1, ti.try_number)
                 if (*key, earlier) not in rerun]
+
+
+def _not_folded_without_id(tx: CacheTransaction,
+                           rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outcomes folded while keys had no task instance id (caches of earlier releases)
+    were counted then: a row whose key without the id is recorded is left out."""
+    tries = sorted({(r["dag_run_id"], r["task_id"], r["map_index"], r["try_number"])
+                    for r in rows if "/" in r["end_key"]})
+    if not tries:
+        return rows
+    folded = set(tx.recorded(task_instance_finished, tries, "end_key"))
+    return [r for r in rows if (r["dag_run_id"], r["task_id"], r["map_index"],
+                                r["try_number"], r["end_key"].split("/")[0]) not in folded]
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
