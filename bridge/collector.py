@@ -184,12 +184,14 @@ class _Built:
     prepared: _Prepared
     family: Metric | None = None
     kept: int = -1
+    before: _Built | None = None  # built from the same label sets with other values
 
 
 class Memo:
     """What the last refresh built, per family, for one view: most families do not change
     between refreshes, and comparing a family's series costs far less than rebuilding it
-    (the encoder then finds the very same samples and keeps their bytes)."""
+    (the encoder then finds the very same samples and keeps their bytes). A family whose
+    label sets stayed and some values changed keeps the samples of the others."""
 
     def __init__(self) -> None:
         self._built: dict[str, _Built] = {}
@@ -200,17 +202,45 @@ class Memo:
             self._built.clear()
             self._view = view
         built = self._built.get(spec.name)
-        if built is None or built.prepared.spec != spec or built.source != series:
-            built = self._built[spec.name] = _Built(dict(series), _prepare(spec, series, view))
-        return built.prepared
+        if built is not None and built.prepared.spec == spec:
+            if built.source == series:
+                return built.prepared
+            merged = "task_id" in spec.labels and not view.task_id_label
+            if not merged and built.source.keys() == series.keys():
+                # The same label sets, so the same ones are shown, in the same order.
+                old = built.prepared
+                prepared = _Prepared(spec, old.label_names,
+                                     tuple([(k, series[k]) for k, _ in old.series]))
+                built.before = None  # keep one generation only
+                self._built[spec.name] = _Built(dict(series), prepared, before=built)
+                return prepared
+        self._built[spec.name] = _Built(dict(series), _prepare(spec, series, view))
+        return self._built[spec.name].prepared
 
     def family(self, prepared: _Prepared, kept: int, interval: float) -> Metric:
         built = self._built.get(prepared.spec.name)
         if built is None or built.prepared is not prepared:  # not prepared by this memo
             return _family(prepared, kept, interval)
         if built.family is None or built.kept != kept:
-            built.family, built.kept = _family(prepared, kept, interval), kept
+            before = built.before
+            if before is not None and before.family is not None and before.kept == kept \
+                    and prepared.spec.kind != "histogram":
+                built.family = _refilled(before.family, before.prepared, prepared, kept)
+            else:
+                built.family = _family(prepared, kept, interval)
+            built.kept = kept
         return built.family
+
+
+def _refilled(family: Metric, old: _Prepared, new: _Prepared, kept: int) -> Metric:
+    """A counter or gauge family like `family` (built from `old`) with the values of
+    `new`, which has the same label sets in the same order: unchanged samples are kept."""
+    refilled = Metric(family.name, family.documentation, family.type, family.unit)
+    refilled.samples = [
+        sample if before == after else sample._replace(value=cast(float, after))
+        for sample, (_, before), (_, after)
+        in zip(family.samples, old.series[:kept], new.series[:kept], strict=True)]
+    return refilled
 
 
 def build_families(snapshot: Snapshot, view: View,

@@ -241,6 +241,19 @@ def test_refreshes_reuse_unchanged_families_and_show_every_change() -> None:
     assert generate_latest(collector) == generate_latest(_fresh(view, changed))
     assert dropped == SnapshotCollector(view).publish(changed) == 4, "the cap still applies"
 
+    tasks = series["airflow_task_instance_finished_total"]
+    tasks[(("dag_id", "etl"), ("state", "success"), ("task_id", "b"))] = 9.0
+    before = {f.name: f for f in _fresh(View(30), changed).collect()}
+    wide = SnapshotCollector(View(30))
+    wide.publish(first)
+    kept = {f.name: f for f in wide.collect()}["airflow_task_instance_finished"].samples
+    wide.publish(changed)  # one value of the family changed, its label sets stayed
+    samples = {f.name: f for f in wide.collect()}["airflow_task_instance_finished"].samples
+    assert [s.value for s in samples] == [3.0, 9.0]
+    assert samples[0] is kept[0] and samples[1] is not kept[1], "the unchanged sample stays"
+    assert generate_latest(wide) == generate_latest(_fresh(View(30), changed))
+    assert before["airflow_task_instance_finished"].samples == samples
+
     wider = View(30, max_series=100)
     collector.view = wider  # a new view: nothing built for the old one is reused
     collector.publish(changed)
@@ -270,3 +283,26 @@ def test_samples_are_those_add_metric_would_make_labels_in_the_family_order() ->
     runs = next(f for f in build_families(make_snapshot(), View(30))[0]
                 if f.name == "airflow_dag_run_finished")
     assert list(runs.samples[0].labels) == ["dag_id", "state", "run_type"], "not sorted"
+
+
+def test_every_refresh_serves_what_a_new_collector_would() -> None:
+    """Refresh after refresh, values changing in place or in new dicts, label sets coming
+    and going, under views that merge task_id or cap the series."""
+    views = (View(30), View(30, task_id_label=False), View(30, max_series=8),
+             View(30, exclude_dags=("tmp_*",)))
+    for view in views:
+        collector = SnapshotCollector(view)
+        first = make_snapshot()
+        series = {name: dict(values) for name, values in first.series.items()}
+        tasks = series["airflow_task_instance_finished_total"]
+        for step in range(6):
+            key = (("dag_id", "etl" if step % 2 else "tmp_debug"), ("state", "success"),
+                   ("task_id", "ab"[step % 2]))
+            if step == 3:
+                del tasks[key]
+            else:
+                tasks[key] = tasks.get(key, 0.0) + step
+            snapshot = Snapshot(series, first.health)
+            assert collector.publish(snapshot) == SnapshotCollector(view).publish(snapshot)
+            assert generate_latest(collector) == generate_latest(_fresh(view, snapshot)), \
+                (view, step)
