@@ -26,13 +26,16 @@ leaves 50 runs active, and times, as medians of --repeat runs:
   on every scrape.
 
 and prints the ratios full agg / bridge, 7-day / bridge and bridge / SQL floor. Then:
-one scrape of 10 000 series and rendering them (a new collector, so a cold encoder);
+publishing 10 000 series (building the families and rendering both formats, by a new
+collector and when 10 series changed since the last refresh) and one scrape of them;
 freshness (a task's commit in the metadata DB to its count on /metrics, the bridge
-serving at its default interval); and the peak RSS of a fresh process that imports the
+serving at its default interval); the peak RSS of a fresh process that imports the
 bridge, idle and holding 10 000 and 100 000 series (published, rendered, scraped once),
-one process per figure so that none includes another. Uses $BRIDGE_TEST_DATABASE_URL
-or an embedded PostgreSQL, with a template database of its own. Figures only;
-correctness is in the tests (tests/test_benchmark.py runs these parts at a tiny size).
+one process per figure so that none includes another; and /metrics of 10 000 series
+under 50 keep-alive connections, with and without gzip (tests.bench_http). Uses
+$BRIDGE_TEST_DATABASE_URL or an embedded PostgreSQL, with a template database of its
+own. Figures only; correctness is in the tests (tests/test_benchmark.py runs these parts
+at a tiny size).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from bridge.airflow.schema import AirflowSchema
 from bridge.collector import Snapshot, SnapshotCollector, View
 from bridge.health import Health
 from bridge.server import make_app
-from tests import postgres
+from tests import bench_http, postgres
 from tests.metadb import AirflowWriter, TaskWriter, fill_history
 
 TASKS_PER_RUN = 4
@@ -467,6 +470,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--freshness", type=int, default=20, metavar="N",
                         help="tasks to time from commit to /metrics (0 to skip)")
+    parser.add_argument("--http-seconds", type=float, default=10, metavar="S",
+                        help="seconds of each /metrics load run, see tests.bench_http "
+                             "(0 to skip)")
     args = parser.parse_args()
 
     pg = postgres.start()
@@ -479,6 +485,8 @@ def main() -> None:
     finally:
         pg.drop_database(template)
     report_rss(RSS_SERIES)
+    if args.http_seconds:
+        print("\n".join(bench_http.run(10_000, 50, args.http_seconds)))
 
 
 def _report_scrape_and_freshness(pg: postgres.Postgres, template: str,
