@@ -44,14 +44,18 @@ class Result:
                 f"   p99 {self.p99_ms:7.2f} ms   body {self.body_bytes:>9,} B   {self.errors}")
 
 
-def collector_with(series: int) -> SnapshotCollector:
-    """A collector holding a snapshot of `series` per-task counter series."""
+def counters(series: int) -> dict[str, dict[Any, float]]:
+    """`series` per-task counter series, 100 tasks per DAG."""
     per_dag = 100
-    counters: dict[str, Any] = {"airflow_task_instance_finished_total": {
+    return {"airflow_task_instance_finished_total": {
         (("dag_id", f"dag_{i // per_dag}"), ("state", "success"), ("task_id", f"task_{i}")):
             float(i) for i in range(series)}}
+
+
+def collector_with(series: int) -> SnapshotCollector:
+    """A collector holding a snapshot of `series` per-task counter series."""
     collector = SnapshotCollector(View(10, max_series=series + 1000))
-    collector.publish(Snapshot(counters, Health(version="bench", metadb_up=True)))
+    collector.publish(Snapshot(counters(series), Health(version="bench", metadb_up=True)))
     return collector
 
 

@@ -66,6 +66,7 @@ from bridge.collector import Snapshot, SnapshotCollector, View
 from bridge.health import Health
 from bridge.server import make_app
 from tests import bench_http, postgres
+from tests.bench_http import counters
 from tests.metadb import AirflowWriter, TaskWriter, fill_history
 
 TASKS_PER_RUN = 4
@@ -316,13 +317,6 @@ def report(results: Sequence[Figures], version: str, repeat: int) -> None:
         print(f"bridge cycle at the largest size / at the smallest: "
               f"{results[-1].cycle_ms / results[0].cycle_ms:.2f}x")
 
-
-def counters(series: int) -> dict[str, dict[Any, float]]:
-    """`series` per-task counter series, 100 tasks per DAG."""
-    per_dag = 100
-    return {"airflow_task_instance_finished_total": {
-        (("dag_id", f"dag_{i // per_dag}"), ("state", "success"), ("task_id", f"task_{i}")):
-            float(i) for i in range(series)}}
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -83,6 +82,8 @@ from typing import Any
 
 import psycopg
 import yaml
+
+from tests.tools import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON_SH = REPO / "tests" / "fixtures" / "airflow" / "_common.sh"
@@ -257,12 +258,6 @@ while not stop:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def iso(value: datetime | None) -> str | None:

@@ -6,7 +6,6 @@ import gzip
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from tests.conftest import AirflowDb
 from tests.metadb import T0
 from tests.postgres import Postgres
 from tests.test_privileges import MakeRole, roles
+from tests.tools import free_port
 
 GRANT_SCRIPT = "deploy/postgres/grant-bridge-readonly.sql"
 
@@ -111,7 +111,7 @@ def test_serve_refuses_a_role_that_can_write(airflow_db: AirflowDb, make_role: M
                                              tmp_path: Path) -> None:
     url = make_role("GRANT pg_write_all_data TO {role}")
     env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url,
-           "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{_free_port()}"}
+           "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{free_port()}"}
     result = run_cli("serve", env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert "can write: INSERT, UPDATE, DELETE on every table and sequence (member of " \
@@ -184,12 +184,6 @@ def _promtool_check_metrics(text: str) -> None:
         checked.stdout + checked.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str, dict[str, str]]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -201,7 +195,7 @@ def _get(url: str) -> tuple[int, str, dict[str, str]]:
 def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
                                                    tmp_path: Path) -> None:
     airflow_db.writer.complete_run("etl", logical_date=T0)
-    port = _free_port()
+    port = free_port()
     env = {**_env(airflow_db, tmp_path), "BRIDGE_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve",

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -28,6 +27,7 @@ from bridge.demo import demo
 from bridge.demo.simulator import DAGS, FETCH, MONITOR, PREDICT, Simulator, plan_day
 from tests.conftest import AirflowDb, BridgeFactory, Scrape
 from tests.postgres import Postgres
+from tests.tools import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_FILE = ROOT / "deploy" / "bridge" / "metrics.yaml"
@@ -217,12 +217,6 @@ def test_the_demo_options_leave_the_other_commands_alone() -> None:
         parser.parse_args(["demo", "--day-seconds", "0"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -251,7 +245,7 @@ def _leftovers(marker: str) -> list[str]:
 
 def test_demo_serves_live_metrics_and_stops_clean(tmp_path: Path,
                                                   bridge_command: list[str]) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     process = subprocess.Popen(

@@ -27,6 +27,7 @@ from bridge.errors import SourceError
 from tests.conftest import AirflowDb, BridgeFactory
 from tests.metadb import T0, fill_history
 from tests.postgres import AIRFLOW_VERSIONS, Postgres
+from tests.tools import free_port
 
 BIG_TABLES = {"dag_run", "task_instance", "task_instance_history", "xcom", "job"}
 
@@ -160,7 +161,7 @@ def pgbouncer(airflow_db: AirflowDb) -> Iterator[Any]:
         pytest.skip("pgbouncer not installed")
     url = airflow_db.url
     host = url.host or str(url.query["host"])
-    port = _free_port()
+    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="amb-pgbouncer-"))  # readable by its own user
     workdir.chmod(0o755)
     config = workdir / "pgbouncer.ini"
@@ -191,12 +192,6 @@ def pgbouncer(airflow_db: AirflowDb) -> Iterator[Any]:
     process.terminate()
     process.wait(timeout=10)
     shutil.rmtree(workdir)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_works_through_pgbouncer_in_transaction_mode(

@@ -184,14 +184,16 @@ class TaskInstanceStage:
 def _not_folded_without_id(tx: CacheTransaction,
                            rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Outcomes folded while keys had no task instance id (caches of earlier releases)
-    were counted then: a row whose key without the id is recorded is left out."""
+    were counted then: a row whose key without the id is recorded is left out. The lookup
+    reads every key of these tries, so the rows folded already are left out here too and
+    the claim only looks up what is new."""
     tries = sorted({(r["dag_run_id"], r["task_id"], r["map_index"], r["try_number"])
                     for r in rows if "/" in r["end_key"]})
     if not tries:
         return rows
     folded = set(tx.recorded(task_instance_finished, tries, "end_key"))
-    return [r for r in rows if (r["dag_run_id"], r["task_id"], r["map_index"],
-                                r["try_number"], r["end_key"].split("/")[0]) not in folded]
+    return [r for r in rows
+            if _key(r) not in folded and (*_key(r)[:4], r["end_key"].split("/")[0]) not in folded]
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
