@@ -30,7 +30,7 @@ from bridge import __version__, config, webconfig
 from bridge.airflow.privileges import WritableRoleError, inspect_role
 from bridge.airflow.source import Source
 from bridge.cache.database import Cache
-from bridge.cache.totals import EMPTY, Aggregates
+from bridge.cache.totals import Aggregates, Totals
 from bridge.catalog import BY_NAME, HISTOGRAMS
 from bridge.collector import Snapshot, SnapshotCollector, View
 from bridge.config import Settings
@@ -77,13 +77,14 @@ class Refresher:
         self.business = BusinessStage(settings)
         self.last_cycle: DagRunDelta | None = None
         self.last_rows_read = 0
+        self.last_cache_rows_read = 0  # rows of totals another bridge changed, read back
         self.failures = 0
         self.ready = threading.Event()
         self._lock = threading.Lock()
         self._refreshes: Counter[tuple[str, str]] = Counter()
         self._durations: dict[str, float] = {}
         self._last_success: dict[str, float] = {}
-        self._aggregates: Aggregates = EMPTY
+        self.totals = Totals(self._bounds)
         self._live = Live()
         self._dropped = 0
         self._health = Health(version=__version__)
@@ -97,7 +98,7 @@ class Refresher:
 
     def load_cached(self) -> None:
         """Serve the cached totals right away, before the metadata DB is reached."""
-        self._aggregates = self.cache.aggregates(self._bounds)
+        self.last_cache_rows_read = self.cache.load(self.totals)
         self._see((), self.clock())  # in memory only: after a restart every DAG starts seen
         self._publish(metadb_up=False)
 
@@ -114,6 +115,9 @@ class Refresher:
                 # the previous one committed, so none can overwrite newer watermarks.
                 with self.cache.transaction() as tx:
                     tx.lock()
+                    # What bridges sharing the cache changed since this one last read it:
+                    # under the lock, so nothing changes between this read and the commit.
+                    changes = self.totals.changes(tx.conn)
                     with self.source.reading() as reader:
                         if not self._role_checked:
                             self._check_role(reader.conn)
@@ -123,7 +127,10 @@ class Refresher:
                         business = self.business.run(reader, tx, cycle, tasks)
                         state = reader.current_state()
                         rows_read = reader.rows_read
-                self._aggregates = self.cache.aggregates(self._bounds)
+                # Committed: the totals in memory take the same increments as the rows.
+                self.totals.absorb(changes)
+                if tx.seq is not None:
+                    self.totals.apply(tx.increments, tx.seq)
             except WritableRoleError as exc:
                 self._refuse(exc)
                 self._refreshes[(job, "error")] += 1
@@ -157,6 +164,7 @@ class Refresher:
             self._forget(now)
             self.last_cycle = cycle
             self.last_rows_read = rows_read
+            self.last_cache_rows_read = changes.rows
             self._publish(metadb_up=True)
             self.ready.set()
             log.debug("refresh: %d runs and %d task tries folded, %d retries, %d business "
@@ -191,7 +199,7 @@ class Refresher:
         """Mark `dags` seen now; DAGs the totals know but this process never saw start now."""
         for dag in dags:
             self._last_seen[dag] = now
-        for dag in _dags_of(self._aggregates):
+        for dag in self.totals.dags:
             self._last_seen.setdefault(dag, now)
 
     def _forget(self, now: datetime) -> None:
@@ -228,7 +236,8 @@ class Refresher:
             self._health, airflow_version=airflow_version, metadb_up=metadb_up,
             refreshes=dict(self._refreshes), durations=dict(self._durations),
             last_success=dict(self._last_success))
-        series = airflow_series(self._aggregates, self._live, self._forgotten)
+        series = airflow_series(self.totals.view(), self._live, self._forgotten,
+                                self.totals.dags)
         dropped = self.collector.publish(Snapshot(series, self._health))
         if dropped != self._dropped:  # logged when it changes, not at every cycle
             if dropped:
@@ -240,18 +249,15 @@ class Refresher:
         self._dropped = dropped
 
 
-def _dags_of(totals: Aggregates) -> set[str]:
-    return {dag for families in (totals.counters, totals.gauges, totals.histograms)
-            for family in families.values() for labels in family
-            for name, dag in labels if name == "dag_id"}
-
-
-def airflow_series(totals: Aggregates, now: Live,
-                   forgotten: frozenset[str] = frozenset()) -> dict[str, Series]:
+def airflow_series(totals: Aggregates, now: Live, forgotten: frozenset[str] = frozenset(),
+                   dags: Iterable[str] | None = None) -> dict[str, Series]:
     """Every Airflow and business family's samples: the cache's totals and the gauges of
-    now, with zeros for every DAG the totals know, except the `forgotten` DAGs."""
-    known = {dict(labels).get("dag_id", "") for family in totals.counters.values()
-             for labels in family} - {""} - forgotten
+    now, with zeros for every DAG the totals know (`dags`, else the counters' DAGs),
+    except the `forgotten` DAGs."""
+    if dags is None:
+        dags = {dict(labels).get("dag_id", "") for family in totals.counters.values()
+                for labels in family} - {""}
+    known = set(dags) - forgotten
     series: dict[str, Series] = {**totals.counters, **totals.gauges, **totals.histograms,
                                  **current.series(now, known)}
     if not forgotten:

@@ -7,9 +7,11 @@ finished; tries with retries; upstream_failed and skipped tasks that never run; 
 branch's skipped side; clears of whole runs or of their failed tasks, after which
 Airflow keeps the try number and end date of a task the scheduler sets upstream_failed
 again; re-runs that finish before the next cycle; runs whose ids commit out of order on a
-second connection; `db clean`) interleaves with bridge cycles, bridge restarts, cycles
-killed part-way and PostgreSQL restarts. An oracle counts what the counters must say; at
-the end every run, task and retry counter must equal it exactly: no loss, no double count.
+second connection; `db clean`) interleaves with bridge cycles, cycles of a second bridge
+sharing the cache, bridge restarts, cycles killed part-way and PostgreSQL restarts. An
+oracle counts what the counters must say; at the end every run, task and retry counter
+must equal it exactly: no loss, no double count. After every cycle, the totals the bridge
+holds in memory must equal those a bridge starting on the same cache would read.
 
 Cases the README lists as unseeable are not generated: a finish cleared before any cycle
 saw it, and (on 2.x, where a cleared task instance keeps its row id) an outcome that keeps
@@ -35,6 +37,7 @@ import psycopg
 import pytest
 from sqlalchemy import event
 
+from bridge.cache.totals import Totals
 from tests.conftest import AirflowDb, BridgeFactory, BridgeUnderTest, Scrape
 from tests.metadb import AirflowWriter, TaskWriter
 from tests.postgres import Postgres
@@ -443,11 +446,23 @@ class Harness:
         return ok
 
     def killed_cycle(self, rng: random.Random) -> None:
-        """A cycle that dies part-way must leave the cache's totals as they were."""
-        before = self.bridge.cache.aggregates({}).counters, self.bridge.scrape().airflow()
+        """A cycle that dies part-way must leave the cache's totals, and the bridge's,
+        as they were."""
+        before = held(self.bridge), self.bridge.scrape().airflow()
         assert not self.refresh(kill_at=rng.randint(1, self.statements + 1)), "not killed"
-        after = self.bridge.cache.aggregates({}).counters, self.bridge.scrape().airflow()
+        after = in_cache(self.bridge), self.bridge.scrape().airflow()
         assert after == before, "a killed cycle changed the totals"
+        assert held(self.bridge) == before[0], "a killed cycle changed the held totals"
+
+    def replica_cycle(self) -> None:
+        """A second bridge sharing the cache runs a cycle: what it folds reaches this
+        bridge's totals through the cache's change sequence, not by folding it again."""
+        other = self.make_bridge(self.db.url, cache_url=self.cache_url)
+        try:
+            assert other.refresher.refresh(), "the replica's cycle failed"
+        finally:
+            other.close()
+        self.events["replica cycle"] += 1
 
     def postgres_restart(self, model: Model) -> None:
         """What clients see of a restart: every connection to the Airflow DB (and to the
@@ -492,6 +507,26 @@ class Harness:
             if self.kill_at is not None:
                 self.kill_at = None
                 self._kill_cache(conn.connection.dbapi_connection, "the cache commit")
+
+
+Plain = tuple[dict[str, dict[Any, Any]], ...]
+
+
+def _plain(totals: Totals) -> Plain:
+    return tuple({metric: dict(family) for metric, family in families.items() if family}
+                 for families in (totals.counters, totals.gauges, totals.histograms))
+
+
+def held(bridge: BridgeUnderTest) -> Plain:
+    """The totals the bridge holds in memory and serves."""
+    return _plain(bridge.refresher.totals)
+
+
+def in_cache(bridge: BridgeUnderTest) -> Plain:
+    """The totals as a bridge starting now on the same cache would read them."""
+    fresh = Totals(bridge.refresher.totals.bounds)
+    bridge.cache.load(fresh)
+    return _plain(fresh)
 
 
 def counted(scrape: Scrape) -> Oracle:
@@ -540,6 +575,11 @@ def test_random_histories_are_counted_exactly_once(
                 model.cycled()
                 over = _over(counted(harness.bridge.scrape()), model.expected)
                 assert not over, f"seed {seed}, step {step}: {over}"
+                assert held(harness.bridge) == in_cache(harness.bridge), \
+                    f"seed {seed}, step {step}: the held totals differ from the cache's"
+            elif chance < 0.25:
+                harness.replica_cycle()
+                model.cycled()
             elif chance < 0.27:
                 harness.killed_cycle(rng)
             elif chance < 0.29:

@@ -5,7 +5,7 @@ Its schema is created and upgraded only by the Alembic migrations in `migrations
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import util as import_util
 from pathlib import Path
@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
 from bridge.cache.ledger import CacheTransaction
-from bridge.cache.totals import Aggregates, read_totals
+from bridge.cache.totals import Totals
 
 
 def migrations_path() -> Path:
@@ -64,10 +64,10 @@ class Cache:
             yield tx
             tx.flush()
 
-    def aggregates(self, bounds: Mapping[str, Sequence[float]]) -> Aggregates:
-        """Every total; histograms get all bounds in `bounds` even where empty."""
+    def load(self, totals: Totals) -> int:
+        """Bring `totals` up to date with the cache (everything, the first time); rows read."""
         with self.engine.connect() as conn:
-            return read_totals(conn, bounds)
+            return totals.load(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

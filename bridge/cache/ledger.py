@@ -2,15 +2,14 @@
 
 Everything one cycle learned is written in one transaction, so a crash or a SIGTERM leaves
 either the whole cycle or none of it. `claim` is the exactly-once step of every fold;
-metric increments are summed in memory and added to the totals at commit.
+metric increments are summed in memory and added to the totals rows at commit, in bulk;
+the bridge then adds the same increments to the totals it holds in memory.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,17 +27,12 @@ from bridge.cache.tables import (
     metric_latest,
     tracked_dag_run,
 )
+from bridge.cache.totals import STATE_SEQ, Increments, stored_seq
 from bridge.metric import Labels
 from bridge.timeutil import naive_utc_now
 
 CLAIM_CHUNK = 500
-
-
-@dataclass
-class _Histogram:
-    sum: float = 0.0
-    count: float = 0.0
-    buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+WRITE_CHUNK = 5000
 
 
 class CacheTransaction:
@@ -47,10 +41,8 @@ class CacheTransaction:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._dialect = conn.dialect.name
-        self._counters: dict[tuple[str, Labels], float] = defaultdict(float)
-        self._gauges_max: dict[tuple[str, Labels], float] = {}
-        self._histograms: dict[tuple[str, Labels], _Histogram] = defaultdict(_Histogram)
-        self._latest: dict[tuple[str, Labels], tuple[datetime, float]] = {}
+        self.increments = Increments()
+        self.seq: int | None = None  # the change sequence flush() stamped, if it wrote
 
     def _insert(self, table: Table) -> Any:
         module: Any = postgresql if self._dialect == "postgresql" else sqlite
@@ -154,64 +146,76 @@ class CacheTransaction:
                     reopened += 1
         return reopened
 
+    # Label pairs may come in any order; totals key on them sorted by name.
     def add(self, metric: str, labels: Labels, amount: float = 1.0) -> None:
-        self._counters[(metric, labels)] += amount
+        self.increments.counters[(metric, tuple(sorted(labels)))] += amount
 
     def gauge_max(self, metric: str, labels: Labels, value: float) -> None:
-        key = (metric, labels)
-        self._gauges_max[key] = max(value, self._gauges_max.get(key, value))
+        self.increments.keep_max(metric, tuple(sorted(labels)), value)
 
     def latest(self, metric: str, labels: Labels, value: float, as_of: datetime) -> None:
         """A gauge that keeps the value of the newest `as_of`, whatever the folding order."""
-        key = (metric, labels)
-        if key not in self._latest or self._latest[key][0] <= as_of:
-            self._latest[key] = (as_of, value)
+        self.increments.keep_latest(metric, tuple(sorted(labels)), value, as_of)
 
     def observe(self, metric: str, labels: Labels, value: float, bounds: Sequence[float]) -> None:
-        hist = self._histograms[(metric, labels)]
-        hist.sum += value
-        hist.count += 1
-        index = bisect_left(bounds, value)
-        if index < len(bounds):
-            hist.buckets[bounds[index]] += 1
+        self.increments.observe(metric, tuple(sorted(labels)), value, bounds)
 
     def flush(self) -> None:
-        for (metric, labels), amount in self._counters.items():
-            self._upsert_add(metric_counter, {"metric": metric, "labels": encode_labels(labels),
-                                              "value": amount}, ("value",))
-        for (metric, labels), value in self._gauges_max.items():
-            stmt = self._insert(metric_gauge).values(metric=metric, labels=encode_labels(labels),
-                                                     value=value)
-            current = metric_gauge.c.value
-            self.conn.execute(stmt.on_conflict_do_update(
-                index_elements=["metric", "labels"],
-                set_={"value": _greatest(self._dialect, current, stmt.excluded.value)}))
-        for (metric, labels), hist in self._histograms.items():
-            encoded = encode_labels(labels)
-            self._upsert_add(metric_histogram, {"metric": metric, "labels": encoded,
-                                                "sum": hist.sum, "count": hist.count},
-                             ("sum", "count"))
-            for le, count in hist.buckets.items():
-                self._upsert_add(metric_histogram_bucket, {"metric": metric, "labels": encoded,
-                                                           "le": le, "count": count}, ("count",))
-        for (metric, labels), (as_of, value) in self._latest.items():
-            stmt = self._insert(metric_latest).values(
-                metric=metric, labels=encode_labels(labels), as_of=as_of, value=value)
-            self.conn.execute(stmt.on_conflict_do_update(
-                index_elements=["metric", "labels"],
-                set_={"as_of": stmt.excluded.as_of, "value": stmt.excluded.value},
-                where=metric_latest.c.as_of <= stmt.excluded.as_of))
-        self._counters.clear()
-        self._gauges_max.clear()
-        self._latest.clear()
-        self._histograms.clear()
+        """Add the cycle's increments to the totals rows, in bulk, stamped with the next
+        change sequence (`seq`); a cycle that changed no total takes no number."""
+        inc = self.increments
+        if not inc:
+            return
+        self.seq = stored_seq(self.conn) + 1
+        self.set_state(STATE_SEQ, str(self.seq))
+        seq = self.seq
+        encoded: dict[Labels, str] = {}
 
-    def _upsert_add(self, table: Table, values: dict[str, Any], summed: Sequence[str]) -> None:
-        stmt = self._insert(table).values(**values)
+        def enc(labels: Labels) -> str:
+            text = encoded.get(labels)
+            if text is None:
+                text = encoded[labels] = encode_labels(labels)
+            return text
+
+        self._bulk(metric_counter, [
+            {"metric": m, "labels": enc(labels), "value": amount, "seq": seq}
+            for (m, labels), amount in inc.counters.items()], added=("value",))
+        stmt = self._insert(metric_gauge)
+        self._execute(stmt.on_conflict_do_update(
+            index_elements=["metric", "labels"],
+            set_={"value": _greatest(self._dialect, metric_gauge.c.value, stmt.excluded.value),
+                  "seq": stmt.excluded.seq}),
+            [{"metric": m, "labels": enc(labels), "value": value, "seq": seq}
+             for (m, labels), value in inc.gauges_max.items()])
+        self._bulk(metric_histogram, [
+            {"metric": m, "labels": enc(labels), "sum": h.sum, "count": h.count, "seq": seq}
+            for (m, labels), h in inc.histograms.items()], added=("sum", "count"))
+        self._bulk(metric_histogram_bucket, [
+            {"metric": m, "labels": enc(labels), "le": le, "count": count, "seq": seq}
+            for (m, labels), h in inc.histograms.items() for le, count in h.buckets.items()],
+            added=("count",))
+        stmt = self._insert(metric_latest)
+        self._execute(stmt.on_conflict_do_update(
+            index_elements=["metric", "labels"],
+            set_={"as_of": stmt.excluded.as_of, "value": stmt.excluded.value,
+                  "seq": stmt.excluded.seq},
+            where=metric_latest.c.as_of <= stmt.excluded.as_of),
+            [{"metric": m, "labels": enc(labels), "as_of": as_of, "value": value, "seq": seq}
+             for (m, labels), (as_of, value) in inc.latest.items()])
+
+    def _bulk(self, table: Table, rows: list[dict[str, Any]], added: Sequence[str]) -> None:
+        """Upsert `rows`, adding their `added` columns to those of rows already there."""
+        stmt = self._insert(table)
         keys = [c.name for c in table.primary_key.columns]
-        self.conn.execute(stmt.on_conflict_do_update(
+        self._execute(stmt.on_conflict_do_update(
             index_elements=keys,
-            set_={name: table.c[name] + stmt.excluded[name] for name in summed}))
+            set_={**{name: table.c[name] + stmt.excluded[name] for name in added},
+                  "seq": stmt.excluded.seq}), rows)
+
+    def _execute(self, stmt: Any, rows: list[dict[str, Any]]) -> None:
+        """One statement, many rows: compiled once, sent in batches."""
+        for start in range(0, len(rows), WRITE_CHUNK):
+            self.conn.execute(stmt, rows[start:start + WRITE_CHUNK])
 
 
 def _greatest(dialect: str, left: Any, right: Any) -> Any:

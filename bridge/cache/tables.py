@@ -103,18 +103,24 @@ metric_latest = Table(
     Column("labels", Text, primary_key=True),
     Column("as_of", DateTime, nullable=False),
     Column("value", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_metric_latest_seq", "seq"),
 )
 metric_counter = Table(
     "metric_counter", metadata,
     Column("metric", String(200), primary_key=True),
     Column("labels", Text, primary_key=True),
     Column("value", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_metric_counter_seq", "seq"),
 )
 metric_gauge = Table(
     "metric_gauge", metadata,
     Column("metric", String(200), primary_key=True),
     Column("labels", Text, primary_key=True),
     Column("value", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_metric_gauge_seq", "seq"),
 )
 metric_histogram = Table(
     "metric_histogram", metadata,
@@ -122,6 +128,8 @@ metric_histogram = Table(
     Column("labels", Text, primary_key=True),
     Column("sum", Float, nullable=False),
     Column("count", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_metric_histogram_seq", "seq"),
 )
 metric_histogram_bucket = Table(
     "metric_histogram_bucket", metadata,
@@ -129,6 +137,8 @@ metric_histogram_bucket = Table(
     Column("labels", Text, primary_key=True),
     Column("le", Float, primary_key=True),
     Column("count", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Index("ix_metric_histogram_bucket_seq", "seq"),
 )
 
 
