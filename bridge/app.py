@@ -41,7 +41,7 @@ from bridge.server import HttpServer, make_app
 from bridge.stages import current
 from bridge.stages.business import BusinessStage
 from bridge.stages.current import Live
-from bridge.stages.dag_runs import DagRunDelta, DagRunStage
+from bridge.stages.dag_runs import STATE_BACKFILL_DONE, DagRunDelta, DagRunStage
 from bridge.stages.task_instances import TaskInstanceStage
 from bridge.timeutil import naive_utc_now
 from bridge.webconfig import WebConfig
@@ -76,6 +76,10 @@ class Refresher:
         self.task_instances = TaskInstanceStage(settings)
         self.business = BusinessStage(settings)
         self.last_cycle: DagRunDelta | None = None
+        # The first start's backfill: while it goes on, the Airflow families are held back
+        # (a counter that appeared page by page would read as fresh events to increase()).
+        self.backfilling = False
+        self._last_failed = ""  # where the last failed cycle failed
         self.last_rows_read = 0
         self.last_cache_rows_read = 0  # rows of totals another bridge changed, read back
         self.failures = 0
@@ -97,7 +101,10 @@ class Refresher:
         self._forgotten: frozenset[str] = frozenset()
 
     def load_cached(self) -> None:
-        """Serve the cached totals right away, before the metadata DB is reached."""
+        """Serve the cached totals right away, before the metadata DB is reached (unless a
+        first start's backfill was cut short: it goes on first)."""
+        with self.cache.transaction() as tx:
+            self.backfilling = tx.get_state(STATE_BACKFILL_DONE) == "0"
         self.last_cache_rows_read = self.cache.load(self.totals)
         self._see((), self.clock())  # in memory only: after a restart every DAG starts seen
         self._publish(metadb_up=False)
@@ -142,6 +149,7 @@ class Refresher:
                 where = "metadata DB" if source_down else (
                     "cache" if isinstance(exc, SQLAlchemyError | OSError) else "bridge")
                 self.failures += 1
+                self._last_failed = where
                 self._refreshes[(job, "error")] += 1
                 self._durations[job] = time.perf_counter() - started
                 log.warning("refresh %s failed (%s, attempt %d), serving the last good values: %s",
@@ -165,13 +173,29 @@ class Refresher:
             self.last_cycle = cycle
             self.last_rows_read = rows_read
             self.last_cache_rows_read = changes.rows
+            self.backfilling = cycle.backfill is not None
             self._publish(metadb_up=True)
-            self.ready.set()
+            if not self.backfilling:
+                self.ready.set()
             log.debug("refresh: %d runs and %d task tries folded, %d retries, %d business "
                       "values (%d unusable), %d rows read, %.3fs", cycle.folded,
                       len(tasks.finished), tasks.retries, business.values, business.errors,
                       rows_read, elapsed)
             return True
+
+    def not_ready(self) -> str | None:
+        """Why /-/ready is not 200 yet; None once a refresh succeeded after any backfill."""
+        if self.refused is not None:
+            return "the metadata DB role can write (see the log)"
+        if self.ready.is_set():
+            return None
+        cycle = self.last_cycle
+        if cycle is not None and cycle.backfill is not None:
+            return f"first start: backfilling the history, {cycle.backfill}"
+        if self.failures:
+            return f"no successful refresh yet ({self.failures} failed, the last in the " \
+                f"{self._last_failed}; see the log)"
+        return "no successful refresh yet"
 
     def _check_role(self, conn: Connection) -> None:
         """Refuse (raise) or warn when the role could write; asked once per process."""
@@ -236,8 +260,8 @@ class Refresher:
             self._health, airflow_version=airflow_version, metadb_up=metadb_up,
             refreshes=dict(self._refreshes), durations=dict(self._durations),
             last_success=dict(self._last_success))
-        series = airflow_series(self.totals.view(), self._live, self._forgotten,
-                                self.totals.dags)
+        series = {} if self.backfilling else airflow_series(
+            self.totals.view(), self._live, self._forgotten, self.totals.dags)
         dropped = self.collector.publish(Snapshot(series, self._health))
         if dropped != self._dropped:  # logged when it changes, not at every cycle
             if dropped:
@@ -356,7 +380,7 @@ def serve(settings: Settings, stop: threading.Event,
     with running(settings, check_role=True) as bridge:
         bridge.refresher.on_refused = stop.set
         server = HttpServer(settings.listen_host, settings.listen_port,
-                            make_app(bridge.collector, bridge.refresher.ready.is_set,
+                            make_app(bridge.collector, bridge.refresher.not_ready,
                                      __version__), web_config)
         server.start()
         log.info("serving %s://%s:%d/metrics%s", server.scheme, settings.listen_host,

@@ -60,7 +60,7 @@ LANDING = """<!doctype html>
 <body><h1>airflow-metrics-bridge</h1>
 <p>Airflow health and business metrics for Prometheus, read from the metadata DB.</p>
 <ul><li><a href="metrics">/metrics</a></li><li><a href="-/healthy">/-/healthy</a></li>
-<li><a href="-/ready">/-/ready</a> (200 once the first refresh succeeded)</li></ul>
+<li><a href="-/ready">/-/ready</a> (200 once the first refresh succeeded; else why not)</li></ul>
 <p>version {version}</p></body></html>
 """
 
@@ -131,8 +131,11 @@ def wants_gzip(accept_encoding: str) -> bool:
 
 # ---------------------------------------------------------------- the application
 
-def make_app(collector: SnapshotCollector, ready: Callable[[], bool], version: str) -> App:
-    """The WSGI application: GET and HEAD of /metrics, /-/healthy, /-/ready and /."""
+def make_app(collector: SnapshotCollector, not_ready: Callable[[], str | None],
+             version: str) -> App:
+    """The WSGI application: GET and HEAD of /metrics, /-/healthy, /-/ready and /.
+
+    `not_ready` says why /-/ready is not 200 (None: ready)."""
     renderers: dict[str, Callable[[Collector], bytes]] = {
         TEXT: _TEXT_ENCODER, OPENMETRICS_TYPE: _OPENMETRICS_ENCODER}
 
@@ -165,10 +168,11 @@ def make_app(collector: SnapshotCollector, ready: Callable[[], bool], version: s
         if path == "/-/healthy":
             return _text(start_response, "200 OK", "OK\n", method)
         if path == "/-/ready":
-            if ready():
+            why = not_ready()
+            if why is None:
                 return _text(start_response, "200 OK", "ready\n", method)
-            return _text(start_response, "503 Service Unavailable",
-                         "not ready: no successful refresh yet\n", method)
+            return _text(start_response, "503 Service Unavailable", f"not ready: {why}\n",
+                         method)
         return _text(start_response, "200 OK", LANDING.format(version=version), method,
                      "text/html")
 

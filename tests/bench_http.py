@@ -152,7 +152,7 @@ def run(series: int = 10_000, connections: int = 50, seconds: float = 10) -> lis
     lines = [f"/metrics of {series:,} series, {connections} keep-alive connections, "
              f"{seconds:g} s each, load from {tool}"]
     for workers in (0, 4):
-        server = HttpServer("127.0.0.1", 0, make_app(collector, lambda: True, "bench"),
+        server = HttpServer("127.0.0.1", 0, make_app(collector, lambda: None, "bench"),
                             limits=Limits(workers=workers))
         server.start()
         try:

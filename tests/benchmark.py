@@ -348,7 +348,7 @@ def publishing(series: int, repeat: int = 20) -> Publishing:
         collector.publish(Snapshot({"airflow_task_instance_finished_total": changed},
                                    Health(version="bench")))
         steady.append(time.perf_counter() - started)
-    wsgi = make_app(collector, lambda: True, "bench")
+    wsgi = make_app(collector, lambda: None, "bench")
     environ = {"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"}
 
     def scrape() -> bytes:
@@ -377,7 +377,7 @@ def hold(series: int) -> int:
     if series:
         collector = SnapshotCollector(View(30, max_series=series + 1000))
         collector.publish(Snapshot(counters(series), Health(version="bench")))
-        wsgi = make_app(collector, lambda: True, "bench")
+        wsgi = make_app(collector, lambda: None, "bench")
         body = b"".join(wsgi({"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"},
                              lambda *_: None))
         assert body

@@ -202,18 +202,35 @@ def test_first_start_backfills_the_lookback_only(airflow_db: AirflowDb,
     assert finished(bridge.cycle(), "etl") == expected + 1
 
 
-def test_backfill_larger_than_one_cycle_continues(airflow_db: AirflowDb,
-                                                  make_bridge: BridgeFactory,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backfill_larger_than_one_cycle_continues_and_is_served_once_done(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A first start's backfill goes on over several cycles, logging its progress; the
+    counters appear only once it is done, at their final values, so that no alert reads
+    the history arriving page by page as fresh events. A restart half-way keeps them back
+    too, and /-/ready says why it is not ready."""
     monkeypatch.setattr(dag_runs, "MAX_PAGES_PER_CYCLE", 5)
     af = airflow_db.writer
     for day in range(120):
         af.complete_run("etl", logical_date=T0 - timedelta(days=day))
     bridge = make_bridge(airflow_db.url, batch_size=10)
-    counts = [finished(bridge.cycle(), "etl") for _ in range(3)]
-    pages = dag_runs.MAX_PAGES_PER_CYCLE * 10
-    assert pages == 50
-    assert counts == [50, 100, 120]
+    caplog.set_level("INFO", logger="bridge.stages.dag_runs")
+    assert finished(bridge.cycle(), "etl") is None
+    assert (bridge.refresher.not_ready() or "").startswith(
+        "first start: backfilling the history, 50 of 120 DAG run ids read (")
+    assert "first start: backfill 50 of 120 DAG run ids read" in caplog.text
+    bridge.close()
+    bridge = make_bridge(airflow_db.url, batch_size=10)  # the same cache
+    assert finished(bridge.scrape(), "etl") is None, "held back after a restart too"
+    assert finished(bridge.cycle(), "etl") is None
+    why = bridge.refresher.not_ready() or ""
+    assert why.startswith("first start: backfilling the history, 100 of 120 DAG run ids read (")
+    assert "left)" in why
+    assert not bridge.refresher.ready.is_set()
+    assert finished(bridge.cycle(), "etl") == 120
+    assert bridge.refresher.ready.is_set()
+    assert bridge.refresher.not_ready() is None
+    assert "first start: backfill done, DAG run ids 0 to 120 read" in caplog.text
 
 
 def test_postgres_cache_gives_the_same_totals(airflow_db: AirflowDb, make_bridge: BridgeFactory,

@@ -85,7 +85,7 @@ class Servers:
     def __call__(self, collector: SnapshotCollector | None = None, *,
                  web_config: WebConfig | None = None, limits: Limits | None = None,
                  app: Any = None) -> HttpServer:
-        app = app or make_app(collector or published(), lambda: True, "9.9.9")
+        app = app or make_app(collector or published(), lambda: None, "9.9.9")
         server = HttpServer("127.0.0.1", 0, app, web_config, limits)
         server.start()
         self.started.append(server)
@@ -276,9 +276,10 @@ def test_server_header_names_no_python(serve: Servers) -> None:
 
 def test_paths_and_readiness(serve: Servers) -> None:
     ready = threading.Event()
-    server = serve(app=make_app(published(), ready.is_set, "9.9.9"))
+    server = serve(app=make_app(published(), lambda: None if ready.is_set() else "busy",
+                                "9.9.9"))
     assert get(server.port, "/-/healthy")[::2] == (200, b"OK\n")
-    assert get(server.port, "/-/ready")[::2] == (503, b"not ready: no successful refresh yet\n")
+    assert get(server.port, "/-/ready")[::2] == (503, b"not ready: busy\n")
     ready.set()
     assert get(server.port, "/-/ready")[::2] == (200, b"ready\n")
     status, headers, body = get(server.port, "/")
@@ -506,7 +507,7 @@ def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout(
 
 
 def test_the_listen_backlog_holds_connections_until_the_server_starts() -> None:
-    server = HttpServer("127.0.0.1", 0, make_app(published(), lambda: True, "9.9.9"))
+    server = HttpServer("127.0.0.1", 0, make_app(published(), lambda: None, "9.9.9"))
     try:
         waiting = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
                    for _ in range(200)]

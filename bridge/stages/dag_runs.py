@@ -18,6 +18,7 @@ transaction):
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +55,7 @@ STATE_RECONCILE_FLOOR = "dag_run.reconcile_floor_id"
 STATE_RECONCILE_FLOOR_AT = "dag_run.reconcile_floor_at"
 STATE_RECONCILED_AT = "dag_run.reconciled_at"
 STATE_BACKFILL_START = "dag_run.backfill_start_id"  # runs at or below were never counted
+STATE_BACKFILL_DONE = "dag_run.backfill_done"  # "0" until the first start's backfill ends
 MAX_GAPS = 10_000
 IN_FLIGHT_IDS = 1000  # ids below the first start's newest that may not have committed yet
 # End dates are written by the scheduler's clock before its commit: re-read runs that ended
@@ -64,12 +66,27 @@ MAX_PAGES_PER_CYCLE = 4  # a backfill goes on in the next cycles, a second apart
 
 
 @dataclass(frozen=True)
+class Backfill:
+    """How far the first start's backfill got, in DAG run ids."""
+
+    done: int
+    total: int
+    rate: float  # ids per second in this process, 0 before a second cycle
+    remaining_s: float | None
+
+    def __str__(self) -> str:
+        eta = "" if self.remaining_s is None else f", about {self.remaining_s:.0f}s left"
+        return f"{self.done:,} of {self.total:,} DAG run ids read ({self.rate:,.0f}/s{eta})"
+
+
+@dataclass(frozen=True)
 class DagRunDelta:
     """What this stage saw in one cycle, for the stages after it and the gauges of now."""
 
     active_runs: tuple[DagRun, ...]
     finished_runs: tuple[DagRun, ...]  # folded in this cycle, each for the first time
     caught_up: bool  # False while a backfill still has pages to read
+    backfill: Backfill | None = None  # the first start's backfill, while it goes on
 
     @property
     def folded(self) -> int:
@@ -113,12 +130,16 @@ class DagRunStage:
         self.settings = settings
         self.buckets = settings.buckets(DURATION.name)
         self.delay_buckets = settings.buckets(START_DELAY.name)
+        # When this process's first cycle began, and its high water then: the rate.
+        self._backfill_began: tuple[float, int] | None = None
 
     def run(self, reader: Reader, tx: CacheTransaction, now: datetime) -> DagRunDelta:
         gaps = tx.id_gaps()
         high_water = self._high_water(reader, tx, now, gaps)
         gap_floor = int(tx.get_state(STATE_GAP_FLOOR) or 0)
         tracked = tx.tracked_run_ids()
+        if self._backfill_began is None:
+            self._backfill_began = (time.monotonic(), high_water)
         active = {run.id: run for run in reader.active_runs()}
         seen: set[int] = set()
         finished: list[DagRun] = []
@@ -164,7 +185,30 @@ class DagRunStage:
         tx.replace_tracked_runs((r.id, r.dag_id, r.run_id, str(r.state)) for r in active.values())
         tx.replace_id_gaps(gaps)
         tx.set_state(STATE_HIGH_WATER, str(high_water))
-        return DagRunDelta(tuple(active.values()), tuple(finished), caught_up)
+        return DagRunDelta(tuple(active.values()), tuple(finished), caught_up,
+                           self._progress(tx, high_water, caught_up))
+
+    def _progress(self, tx: CacheTransaction, high_water: int,
+                  caught_up: bool) -> Backfill | None:
+        """The first start's backfill while it goes on (logged at INFO each cycle), and
+        its end, written to the cache so a restart does not take it for a first start."""
+        if tx.get_state(STATE_BACKFILL_DONE) != "0":
+            return None
+        start = int(tx.get_state(STATE_BACKFILL_START) or 0)
+        newest = int(tx.get_state(STATE_GAP_FLOOR) or 0)
+        now = time.monotonic()
+        began_at, began_id = self._backfill_began or (now, high_water)
+        if caught_up:
+            tx.set_state(STATE_BACKFILL_DONE, "1")
+            log.info("first start: backfill done, DAG run ids %d to %d read in %.0fs", start,
+                     high_water, now - began_at)
+            return None
+        done, total = high_water - start, max(newest - start, high_water - start)
+        rate = (high_water - began_id) / (now - began_at) if now > began_at else 0.0
+        progress = Backfill(done, total, rate,
+                            (total - done) / rate if rate > 0 else None)
+        log.info("first start: backfill %s", progress)
+        return progress
 
     def _recently_finished(self, reader: Reader, tx: CacheTransaction,
                            now: datetime) -> list[DagRun]:
@@ -205,6 +249,7 @@ class DagRunStage:
             start = reader.first_run_id_since(aware_utc(now - timedelta(seconds=lookback))) - 1
         tx.set_state(STATE_GAP_FLOOR, str(newest))
         tx.set_state(STATE_BACKFILL_START, str(start))
+        tx.set_state(STATE_BACKFILL_DONE, "0")
         log.info("first start: counting DAG runs with id > %d (newest id %d, lookback %s)",
                  start, newest, "all" if lookback is None else f"{lookback:.0f}s")
         return start
