@@ -467,7 +467,16 @@ def main() -> None:
     parser.add_argument("--http-seconds", type=float, default=10, metavar="S",
                         help="seconds of each /metrics load run, see tests.bench_http "
                              "(0 to skip)")
-    args = parser.parse_args()
+    parser.add_argument("--width", type=int, nargs="+", metavar="DAGS",
+                        help="run the width benchmark instead (tests.bench_width; its "
+                             "--baseline REV, --idle and --busy pass on)")
+    args, rest = parser.parse_known_args()
+    if args.width:
+        from tests import bench_width
+        bench_width.main([*map(str, args.width), "--version", args.version, *rest])
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     pg = postgres.start()
     template = postgres.load_airflow_schema(pg, args.version)  # named per process
