@@ -166,7 +166,7 @@ class Refresher:
             self._last_success[job] = time.time()
             self._live = current.live(cycle, tasks, state)
             self._see({*state.paused, *(r.dag_id for r in cycle.finished_runs),
-                       *(ti.dag_id for ti in tasks.finished),
+                       *tasks.dags,
                        *(d for d, _ in self._live.active_runs),
                        *(d for d, _ in self._live.task_instances)}, now)
             self._forget(now)
@@ -179,7 +179,7 @@ class Refresher:
                 self.ready.set()
             log.debug("refresh: %d runs and %d task tries folded, %d retries, %d business "
                       "values (%d unusable), %d rows read, %.3fs", cycle.folded,
-                      len(tasks.finished), tasks.retries, business.values, business.errors,
+                      tasks.folded, tasks.retries, business.values, business.errors,
                       rows_read, elapsed)
             return True
 

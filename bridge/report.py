@@ -164,7 +164,9 @@ def business_latest(conn: Connection, start: datetime | None,
     series: list[tuple[str, str, float, str, datetime | None]] = [
         (metric, labels, value, "gauge", as_of) for metric, labels, as_of, value in
         conn.execute(select(latest.metric, latest.labels, latest.as_of, latest.value))]
-    for metric, labels, value in conn.execute(select(metric_counter)):
+    counter = metric_counter.c
+    for metric, labels, value in conn.execute(
+            select(counter.metric, counter.labels, counter.value)):
         if metric in metrics:
             as_of = newest[(metric, labels)][0] if (metric, labels) in newest else None
             series.append((metric, labels, value, "counter", as_of))

@@ -472,7 +472,8 @@ class Spy:
         from bridge.stages.task_instances import TaskInstanceStage
 
         spy = self
-        refresh, dag_runs, tasks = app.Refresher.refresh, DagRunStage.run, TaskInstanceStage.run
+        refresh, dag_runs = app.Refresher.refresh, DagRunStage.run
+        tasks = TaskInstanceStage._fold_finished
 
         def spied_refresh(self: Any) -> bool:
             spy._entered = time.time()
@@ -490,16 +491,16 @@ class Spy:
                                  for r in delta.finished_runs]
             return delta
 
-        def spied_tasks(self: Any, reader: Any, tx: Any, runs: Any, now: datetime) -> Any:
-            delta = tasks(self, reader, tx, runs, now)
+        def spied_tasks(self: Any, tx: Any, instances: Any, runs: Any, now: datetime) -> Any:
+            finished = tasks(self, tx, instances, runs, now)
             assert spy._current is not None
-            spy._current.tis = [(ti.run_id, ti.task_id, ti.map_index, ti.try_number,
-                                 str(ti.state), iso(ti.end_date)) for ti in delta.finished]
-            return delta
+            spy._current.tis += [(ti.run_id, ti.task_id, ti.map_index, ti.try_number,
+                                  str(ti.state), iso(ti.end_date)) for ti in finished]
+            return finished
 
         app.Refresher.refresh = spied_refresh  # type: ignore[method-assign]
         DagRunStage.run = spied_dag_runs  # type: ignore[method-assign]
-        TaskInstanceStage.run = spied_tasks  # type: ignore[method-assign]
+        TaskInstanceStage._fold_finished = spied_tasks  # type: ignore[method-assign]
 
     @property
     def snapshots(self) -> list[tuple[float, float]]:

@@ -511,12 +511,12 @@ def check_downgrade_and_upgrade(cache: Cache) -> None:
     assert cache.revision() == "0003"
     assert not set(inspect(cache.engine).get_view_names()) & VIEWS
     cache.migrate()
-    assert cache.revision() == "0004"
+    assert cache.revision() == "0005"
     check_views(cache.engine)
 
 
 def test_views_on_sqlite(cache: Cache) -> None:
-    assert cache.revision() == "0004"
+    assert cache.revision() == "0005"
     check_views(cache.engine)
     check_downgrade_and_upgrade(cache)
 

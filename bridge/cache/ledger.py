@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, select, tuple_
+from sqlalchemy import Connection, Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bridge.cache.tables import (
@@ -94,13 +94,11 @@ class CacheTransaction:
         key rejects this whole cycle rather than letting both count it.
         """
         keys = [column.name for column in table.primary_key.columns]
-        columns = [table.c[k] for k in keys]
         fresh: dict[tuple[Any, ...], dict[str, Any]] = {}
         for start in range(0, len(rows), CLAIM_CHUNK):
             chunk = rows[start:start + CLAIM_CHUNK]
             wanted = {tuple(row[k] for k in keys) for row in chunk}
-            done = {tuple(row) for row in self.conn.execute(
-                select(*columns).where(tuple_(*columns).in_(wanted)))}
+            done = set(self._under(table, wanted, keys))
             for row in chunk:
                 key = tuple(row[k] for k in keys)
                 if key not in done:
@@ -116,11 +114,22 @@ class CacheTransaction:
         found: list[tuple[Any, ...]] = []
         for start in range(0, len(prefixes), CLAIM_CHUNK):
             chunk = {tuple(p) for p in prefixes[start:start + CLAIM_CHUNK]}
-            prefix = [table.c[k] for k in keys[:len(next(iter(chunk)))]]
-            found += [tuple(row) for row in self.conn.execute(
-                select(*prefix, *(table.c[c] for c in columns))
-                .where(tuple_(*prefix).in_(chunk)))]
+            found += self._under(table, chunk, [*keys[:len(next(iter(chunk)))], *columns])
         return found
+
+    def _under(self, table: Table, prefixes: set[tuple[Any, ...]],
+               columns: Sequence[str]) -> list[tuple[Any, ...]]:
+        """`columns` of the rows whose primary key starts with one of `prefixes` (as long
+        as each prefix, the first of `columns`). Looked up by the key's first column, an
+        index range on every database (SQLite scans a table for a list of row values),
+        and narrowed here: a run has few rows."""
+        if not prefixes:
+            return []
+        width = len(next(iter(prefixes)))
+        first = table.primary_key.columns.values()[0]
+        rows = self.conn.execute(select(*(table.c[c] for c in columns)).where(
+            first.in_(sorted({p[0] for p in prefixes}))))
+        return [tuple(row) for row in rows if tuple(row[:width]) in prefixes]
 
     def reopen(self, table: Table, tries: Sequence[tuple[Any, ...]]) -> int:
         """Let the next outcome of these tries be claimed again; returns how many reopened.
@@ -135,7 +144,7 @@ class CacheTransaction:
         for start in range(0, len(tries), CLAIM_CHUNK):
             chunk = {tuple(t) for t in tries[start:start + CLAIM_CHUNK]}
             folded: dict[tuple[Any, ...], list[str]] = defaultdict(list)
-            for row in self.conn.execute(select(*prefix, last).where(tuple_(*prefix).in_(chunk))):
+            for row in self._under(table, chunk, keys):
                 folded[tuple(row[:-1])].append(str(row[-1]))
             for key, end_keys in folded.items():
                 for end_key in (k for k in end_keys if "#" not in k):

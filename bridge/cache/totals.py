@@ -186,6 +186,7 @@ class Totals:
         self.gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
         self.histograms: dict[str, dict[Labels, HistogramValue]] = defaultdict(dict)
         self._latest_as_of: dict[tuple[str, Labels], datetime] = {}
+        self._bucket_pairs: dict[tuple[float, float], tuple[float, float]] = {}
         self.dags: set[str] = set()  # every dag_id a counter names
 
     def view(self) -> Aggregates:
@@ -247,9 +248,9 @@ class Totals:
             if held is None:
                 histograms[intern(labels)] = more
             else:  # an existing key keeps its (interned) object
-                histograms[labels] = HistogramValue(
-                    tuple([(le, a + b) for (le, a), (_, b)
-                           in zip(held.buckets, more.buckets, strict=True)]),
+                histograms[labels] = self._histogram(
+                    [(le, a + b) for (le, a), (_, b)
+                     in zip(held.buckets, more.buckets, strict=True)],
                     held.sum + more.sum, held.count + more.count)
         self.seq = seq
 
@@ -272,7 +273,16 @@ class Totals:
             running += count
             out.append((le, running))
         out.append((INF, raw.count))
-        return HistogramValue(tuple(out), raw.sum, raw.count)
+        return self._histogram(out, raw.sum, raw.count)
+
+    def _histogram(self, buckets: Iterable[tuple[float, float]], total: float,
+                   count: float) -> HistogramValue:
+        """A histogram value whose (bound, count) pairs are shared with every other that
+        has the same: most task histograms hold few observations, so the same pairs recur
+        across label sets, and a shared pair costs 8 bytes instead of 80."""
+        pairs = self._bucket_pairs
+        return HistogramValue(tuple([pairs.setdefault(pair, pair) for pair in buckets]),
+                              total, count)
 
     def _see(self, labels: Labels) -> None:
         for name, value in labels:

@@ -54,7 +54,7 @@ class BusinessStage:
             tasks: TaskInstanceDelta) -> BusinessDelta:
         values = errors = 0
         for definition in self.state_metrics:
-            for ti in tasks.finished:
+            for ti in tasks.watched:
                 if (ti.dag_id, ti.task_id) == (definition.dag_id, definition.task_id):
                     label = (str(definition.value_label), str(ti.state))
                     tx.add(definition.name, tuple(sorted((*definition.labels, label))))

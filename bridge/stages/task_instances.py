@@ -41,6 +41,8 @@ QUEUED = MetricSpec(
 SPECS = (FINISHED_TOTAL, RETRIES_TOTAL, DURATION, QUEUED)
 
 TERMINAL_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
+OUTCOMES = ("success", "failed")  # final states of a task that ran
+RUNS_PER_BATCH = 500
 RESET_STATES = (None, "scheduled", "queued", "restarting")  # what a clear leaves
 RETRIED_STATES = ("failed", "up_for_retry")  # a try in one of these that ran again retried
 ID_DIGITS = 8  # of a 3.x task instance id, in the fold key: end date (26) + "/" + 8 + "#n"
@@ -50,8 +52,15 @@ ID_DIGITS = 8  # of a 3.x task instance id, in the fold key: end date (26) + "/"
 class TaskInstanceDelta:
     """What this stage saw in one cycle, for the business stage and the gauges of now."""
 
-    instances: tuple[TaskInstance, ...]  # of the active runs and the runs that just finished
-    finished: tuple[TaskInstance, ...]  # folded in this cycle
+    # Of the active runs and the runs that just finished, those not in a final state or
+    # that did not run (skipped, upstream_failed, removed): what the gauges of now and the
+    # business stage look at. The successes and failures of a backfill are not kept.
+    instances: tuple[TaskInstance, ...]
+    # Folded in this cycle: how many, of which DAGs, and those of the tasks that business
+    # metrics count by state (a backfill folds millions: they are not all kept).
+    folded: int
+    dags: frozenset[str]
+    watched: tuple[TaskInstance, ...]
     retries: int
 
 
@@ -75,16 +84,29 @@ class TaskInstanceStage:
     def __init__(self, settings: Settings) -> None:
         self.duration_buckets = settings.buckets(DURATION.name)
         self.queued_buckets = settings.buckets(QUEUED.name)
+        self.watched = frozenset((d.dag_id, d.task_id) for d in settings.definitions
+                                 if d.source == "task_state")
 
     def run(self, reader: Reader, tx: CacheTransaction, runs: DagRunDelta,
             now: datetime) -> TaskInstanceDelta:
         by_key: dict[tuple[str, str], DagRun] = {
             (run.dag_id, run.run_id): run for run in (*runs.finished_runs, *runs.active_runs)}
-        instances = reader.task_instances(sorted(by_key))
-        self._reopen_cleared(tx, instances, by_key)
-        finished = self._fold_finished(tx, instances, by_key, now)
-        retries = self._fold_retries(reader, tx, instances, by_key, now)
-        return TaskInstanceDelta(tuple(instances), tuple(finished), retries)
+        keys = sorted(by_key)
+        kept: list[TaskInstance] = []
+        watched: list[TaskInstance] = []
+        dags: set[str] = set()
+        folded = retries = 0
+        # Run by run in batches, so that a backfill's memory is one batch, not the cycle.
+        for start in range(0, len(keys), RUNS_PER_BATCH):
+            instances = reader.task_instances(keys[start:start + RUNS_PER_BATCH])
+            self._reopen_cleared(tx, instances, by_key)
+            finished = self._fold_finished(tx, instances, by_key, now)
+            folded += len(finished)
+            dags.update(ti.dag_id for ti in finished)
+            watched += [ti for ti in finished if (ti.dag_id, ti.task_id) in self.watched]
+            retries += self._fold_retries(reader, tx, instances, by_key, now)
+            kept += [ti for ti in instances if ti.state not in OUTCOMES]
+        return TaskInstanceDelta(tuple(kept), folded, frozenset(dags), tuple(watched), retries)
 
     @staticmethod
     def _reopen_cleared(tx: CacheTransaction, instances: list[TaskInstance],
