@@ -38,7 +38,7 @@ from bridge.errors import SchemaError, SourceError, first_line
 from bridge.health import REFRESH_JOB, Health
 from bridge.metric import Series
 from bridge.server import HttpServer, make_app
-from bridge.stages import current
+from bridge.stages import current, dag_runs
 from bridge.stages.business import BusinessStage
 from bridge.stages.current import Live
 from bridge.stages.dag_runs import STATE_BACKFILL_DONE, DagRunDelta, DagRunStage
@@ -276,14 +276,19 @@ class Refresher:
 def airflow_series(totals: Aggregates, now: Live, forgotten: frozenset[str] = frozenset(),
                    dags: Iterable[str] | None = None) -> dict[str, Series]:
     """Every Airflow and business family's samples: the cache's totals and the gauges of
-    now, with zeros for every DAG the totals know (`dags`, else the counters' DAGs),
-    except the `forgotten` DAGs."""
+    now, with zeros for every DAG the totals know (`dags`, else the counters' DAGs) and
+    run counters at zero for every alive DAG, except the `forgotten` DAGs."""
     if dags is None:
         dags = {dict(labels).get("dag_id", "") for family in totals.counters.values()
                 for labels in family} - {""}
     known = set(dags) - forgotten
     series: dict[str, Series] = {**totals.counters, **totals.gauges, **totals.histograms,
                                  **current.series(now, known)}
+    if now.state is not None:
+        alive = now.state.paused.keys() - forgotten
+        series[dag_runs.FINISHED_TOTAL.name] = {
+            **dag_runs.finished_at_zero(alive),
+            **totals.counters.get(dag_runs.FINISHED_TOTAL.name, {})}
     if not forgotten:
         return series
     return {name: {labels: value for labels, value in family.items()

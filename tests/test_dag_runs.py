@@ -324,3 +324,24 @@ def test_id_in_flight_at_first_start_is_counted_when_it_commits(
                      (T0 + timedelta(minutes=5), in_flight))
     for _ in range(2):
         assert finished(bridge.cycle(), "etl") == 1
+
+
+def test_alive_dag_serves_its_run_counters_at_zero_before_its_first_finish(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory) -> None:
+    """increase() sees no rise on a series' first sample: a DAG's first failure after the
+    bridge started must land on a series that was already there, at 0. Known DAGs get
+    zeros of the gauges of now for queued and running work only."""
+    af = airflow_db.writer
+    TaskWriter(af).dag("quiet", paused=False)
+    bridge = make_bridge(airflow_db.url, lookback="0")
+    scrape = bridge.cycle()
+    assert scrape.series(FINISHED) == {
+        frozenset({("dag_id", "quiet"), ("state", state), ("run_type", run_type)}): 0.0
+        for state in ("success", "failed") for run_type in ("scheduled", "manual")}
+    af.complete_run("quiet", logical_date=T0, state="failed")
+    scrape = bridge.cycle()
+    assert finished(scrape, "quiet", "failed") == 1
+    assert finished(scrape, "quiet", "success") == 0
+    assert scrape.series("airflow_task_instances") == {
+        frozenset({("dag_id", "quiet"), ("state", state)}): 0.0
+        for state in ("queued", "running")}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +49,17 @@ START_DELAY = MetricSpec(
     "Delay from when a DAG run was due (end of its data interval, or queued) to its start.",
     ("dag_id",))
 SPECS = (FINISHED_TOTAL, DURATION, LAST_FINISHED, START_DELAY)
+# The run counters every alive DAG serves from the first cycle, at 0 before its first such
+# finish: increase() sees no rise on a series' first sample, so a first failure must find
+# its series there already.
+PRESENT_FROM_START = tuple((state, run_type) for run_type in ("scheduled", "manual")
+                           for state in ("success", "failed"))
+
+
+def finished_at_zero(dags: Iterable[str]) -> dict[Labels, float]:
+    """Zeros of the run counters for `dags`, under their label sets (sorted by name)."""
+    return {(("dag_id", dag), ("run_type", run_type), ("state", state)): 0.0
+            for dag in dags for state, run_type in PRESENT_FROM_START}
 
 STATE_HIGH_WATER = "dag_run.high_water_id"
 STATE_GAP_FLOOR = "dag_run.gap_floor_id"
