@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from bridge.cache.folds import EndKey, F
 from bridge.cache.tables import (
     bridge_state,
     dag_run_id_gap,
@@ -86,25 +87,28 @@ class CacheTransaction:
                 {"dag_run_id": i, "missing_since": since} for i, since in gaps.items()])
 
     # -- exactly-once folding -------------------------------------------------------------
-    def claim(self, table: Table, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Record rows keyed by the table's primary key; returns those not recorded before.
+    def claim(self, folds: Sequence[F]) -> list[F]:
+        """Record `folds` (all of one table); returns those not recorded before.
 
         This is the exactly-once step of every fold. A plain INSERT follows the lookup, so
         if another bridge sharing this cache records the same key meanwhile, the primary
         key rejects this whole cycle rather than letting both count it.
         """
+        if not folds:
+            return []
+        table = folds[0].table
         keys = [column.name for column in table.primary_key.columns]
-        fresh: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for start in range(0, len(rows), CLAIM_CHUNK):
-            chunk = rows[start:start + CLAIM_CHUNK]
-            wanted = {tuple(row[k] for k in keys) for row in chunk}
+        fresh: dict[tuple[Any, ...], F] = {}
+        for start in range(0, len(folds), CLAIM_CHUNK):
+            chunk = folds[start:start + CLAIM_CHUNK]
+            wanted = {fold.key() for fold in chunk}
             done = set(self._under(table, wanted, keys))
-            for row in chunk:
-                key = tuple(row[k] for k in keys)
+            for fold in chunk:
+                key = fold.key()
                 if key not in done:
-                    fresh.setdefault(key, row)
+                    fresh.setdefault(key, fold)
         if fresh:
-            self.conn.execute(table.insert(), list(fresh.values()))
+            self.conn.execute(table.insert(), [fold.row() for fold in fresh.values()])
         return list(fresh.values())
 
     def recorded(self, table: Table, prefixes: Sequence[tuple[Any, ...]],
@@ -134,24 +138,23 @@ class CacheTransaction:
     def reopen(self, table: Table, tries: Sequence[tuple[Any, ...]]) -> int:
         """Let the next outcome of these tries be claimed again; returns how many reopened.
 
-        `tries` are primary keys without the last column (`end_key`). A cleared task that
-        ends again without a new try keeps its try number and end date, so its folded
-        row is renamed `<end_key>#<n>`: its count stays, and its key is free again.
+        `tries` are primary keys without the last column, the end key: each folded key of
+        them not reopened yet is renamed to its next reopening (see `EndKey`).
         """
         keys = [column.name for column in table.primary_key.columns]
         prefix, last = [table.c[k] for k in keys[:-1]], table.c[keys[-1]]
         reopened = 0
         for start in range(0, len(tries), CLAIM_CHUNK):
             chunk = {tuple(t) for t in tries[start:start + CLAIM_CHUNK]}
-            folded: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+            folded: dict[tuple[Any, ...], list[EndKey]] = defaultdict(list)
             for row in self._under(table, chunk, keys):
-                folded[tuple(row[:-1])].append(str(row[-1]))
+                folded[tuple(row[:-1])].append(EndKey.decode(str(row[-1])))
             for key, end_keys in folded.items():
-                for end_key in (k for k in end_keys if "#" not in k):
-                    renamed = f"{end_key}#{sum(k.startswith(end_key + '#') for k in end_keys) + 1}"
+                for end_key in (k for k in end_keys if not k.reopened):
                     self.conn.execute(table.update().where(
-                        *(c == v for c, v in zip(prefix, key, strict=True)), last == end_key,
-                    ).values({keys[-1]: renamed}))
+                        *(c == v for c, v in zip(prefix, key, strict=True)),
+                        last == end_key.encode(),
+                    ).values({keys[-1]: end_key.reopen(end_keys).encode()}))
                     reopened += 1
         return reopened
 

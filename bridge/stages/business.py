@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 from bridge.airflow import xcoms
 from bridge.airflow.rows import DagRun, StoredXcom
 from bridge.airflow.source import Reader
+from bridge.cache.folds import BusinessValue, EndKey
 from bridge.cache.ledger import CacheTransaction
-from bridge.cache.tables import business_value, encode_labels
+from bridge.cache.tables import encode_labels
 from bridge.config import Settings
 from bridge.definitions import MAP_INDEX_LABEL, MetricDefinition
 from bridge.metric import Labels, MetricSpec
@@ -137,9 +137,7 @@ class BusinessStage:
             tx.add(definition.name, labels, value)
         elif as_of is not None:
             tx.latest(definition.name, labels, value, as_of)
-        row: dict[str, Any] = {
-            "dag_run_id": run.id, "end_key": end.isoformat() if end else "none",
-            "metric": definition.name, "labels": encode_labels(labels), "dag_id": run.dag_id,
-            "run_id": run.run_id, "logical_date": naive_utc(run.logical_date), "end_date": end,
-            "value": value}
-        tx.claim(business_value, [row])
+        tx.claim([BusinessValue(
+            dag_run_id=run.id, end_key=EndKey.of(end), metric=definition.name,
+            labels=encode_labels(labels), dag_id=run.dag_id, run_id=run.run_id,
+            logical_date=naive_utc(run.logical_date), end_date=end, value=value)])

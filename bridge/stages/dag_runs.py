@@ -22,12 +22,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from bridge.airflow.rows import DagRun
 from bridge.airflow.source import Reader
+from bridge.cache.folds import EndKey, RunFinish
 from bridge.cache.ledger import CacheTransaction
-from bridge.cache.tables import dag_run_finished
 from bridge.config import Settings
 from bridge.metric import Labels, MetricSpec
 from bridge.timeutil import aware_utc, naive_utc
@@ -269,35 +268,26 @@ class DagRunStage:
     def _fold(self, tx: CacheTransaction, runs: list[DagRun], now: datetime) -> list[DagRun]:
         """Fold the finished runs among `runs`; those folded before are skipped."""
         by_id = {run.id: run for run in runs if run.finished}
-        claimed = tx.claim(dag_run_finished, [self._row(run, now) for run in by_id.values()])
-        for row in claimed:
-            by_state: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]))
-            tx.add(FINISHED_TOTAL.name, (*by_state, ("run_type", row["run_type"])))
-            if row["duration_seconds"] is not None:
-                tx.observe(DURATION.name, by_state, row["duration_seconds"], self.buckets)
-            if row["end_date"] is not None:
-                tx.gauge_max(LAST_FINISHED.name, by_state,
-                             aware_utc(row["end_date"]).timestamp())
-            delay = start_delay(by_id[row["dag_run_id"]])
+        claimed = tx.claim([_finish(run, now) for run in by_id.values()])
+        for fold in claimed:
+            by_state: Labels = (("dag_id", fold.dag_id), ("state", fold.state))
+            tx.add(FINISHED_TOTAL.name, (*by_state, ("run_type", fold.run_type)))
+            if fold.duration_seconds is not None:
+                tx.observe(DURATION.name, by_state, fold.duration_seconds, self.buckets)
+            if fold.end_date is not None:
+                tx.gauge_max(LAST_FINISHED.name, by_state, aware_utc(fold.end_date).timestamp())
+            delay = start_delay(by_id[fold.dag_run_id])
             if delay is not None:
-                tx.observe(START_DELAY.name, (("dag_id", row["dag_id"]),), delay,
+                tx.observe(START_DELAY.name, (("dag_id", fold.dag_id),), delay,
                            self.delay_buckets)
-        return [by_id[row["dag_run_id"]] for row in claimed]
+        return [by_id[fold.dag_run_id] for fold in claimed]
 
-    @staticmethod
-    def _row(run: DagRun, now: datetime) -> dict[str, Any]:
-        end = naive_utc(run.end_date)
-        return {
-            "dag_run_id": run.id,
-            "end_key": end.isoformat() if end else "none",
-            "dag_id": run.dag_id,
-            "run_id": run.run_id,
-            "run_type": run.run_type or "unknown",
-            "state": str(run.state),
-            "logical_date": naive_utc(run.logical_date),
-            "queued_at": naive_utc(run.queued_at),
-            "start_date": naive_utc(run.start_date),
-            "end_date": end,
-            "duration_seconds": run_duration(run),
-            "folded_at": now,
-        }
+
+def _finish(run: DagRun, now: datetime) -> RunFinish:
+    end = naive_utc(run.end_date)
+    return RunFinish(
+        dag_run_id=run.id, end_key=EndKey.of(end), dag_id=run.dag_id, run_id=run.run_id,
+        run_type=run.run_type or "unknown", state=str(run.state),
+        logical_date=naive_utc(run.logical_date), queued_at=naive_utc(run.queued_at),
+        start_date=naive_utc(run.start_date), end_date=end,
+        duration_seconds=run_duration(run), folded_at=now)

@@ -18,8 +18,9 @@ from typing import Any
 
 from bridge.airflow.rows import DagRun, TaskInstance
 from bridge.airflow.source import Reader
+from bridge.cache.folds import EndKey, Retry, TaskOutcome
 from bridge.cache.ledger import CacheTransaction
-from bridge.cache.tables import task_instance_finished, task_instance_retry
+from bridge.cache.tables import task_instance_finished
 from bridge.config import Settings
 from bridge.metric import Labels, MetricSpec
 from bridge.stages.dag_runs import DagRunDelta
@@ -45,7 +46,6 @@ OUTCOMES = ("success", "failed")  # final states of a task that ran
 RUNS_PER_BATCH = 500
 RESET_STATES = (None, "scheduled", "queued", "restarting")  # what a clear leaves
 RETRIED_STATES = ("failed", "up_for_retry")  # a try in one of these that ran again retried
-ID_DIGITS = 8  # of a 3.x task instance id, in the fold key: end date (26) + "/" + 8 + "#n"
 
 
 @dataclass(frozen=True)
@@ -122,47 +122,35 @@ class TaskInstanceStage:
 
     def _fold_finished(self, tx: CacheTransaction, instances: list[TaskInstance],
                        runs: dict[tuple[str, str], DagRun], now: datetime) -> list[TaskInstance]:
-        rows: list[dict[str, Any]] = []
-        by_row: dict[tuple[Any, ...], TaskInstance] = {}
+        outcomes: dict[tuple[Any, ...], tuple[TaskOutcome, TaskInstance]] = {}
         for ti in instances:
             if ti.state not in TERMINAL_STATES:
                 continue
             if ti.end_date is None and not runs[(ti.dag_id, ti.run_id)].finished:
                 continue  # Airflow may commit a final state before its end date: wait for it
             end = naive_utc(ti.end_date)
-            plain = end.isoformat() if end else "none"
-            row: dict[str, Any] = {
-                "dag_run_id": runs[(ti.dag_id, ti.run_id)].id,
-                "task_id": ti.task_id,
-                "map_index": ti.map_index,
-                "try_number": ti.try_number,
+            outcome = TaskOutcome(
+                dag_run_id=runs[(ti.dag_id, ti.run_id)].id, task_id=ti.task_id,
+                map_index=ti.map_index, try_number=ti.try_number,
                 # 3.x gives a cleared task instance a new id: with it in the key, an outcome
                 # that keeps the try number and end date after a clear still counts, even
-                # when no cycle saw the task reset. Its last hex digits are random enough
-                # to tell the ids of one try apart, and keep the key within its column.
-                "end_key": f"{plain}/{ti.ti_id[-ID_DIGITS:]}" if ti.ti_id else plain,
-                "dag_id": ti.dag_id,
-                "run_id": ti.run_id,
-                "state": ti.state,
-                "start_date": naive_utc(ti.start_date),
-                "end_date": end,
-                "duration_seconds": task_duration(ti),
-                "queued_seconds": queued_seconds(ti),
-                "folded_at": now,
-            }
-            rows.append(row)
-            by_row[_key(row)] = ti
-        claimed = tx.claim(task_instance_finished, _not_folded_without_id(tx, rows))
-        for row in claimed:
-            labels: Labels = (("dag_id", row["dag_id"]), ("state", row["state"]),
-                              ("task_id", row["task_id"]))
+                # when no cycle saw the task reset.
+                end_key=EndKey.of(end, ti.ti_id), dag_id=ti.dag_id, run_id=ti.run_id,
+                state=str(ti.state), start_date=naive_utc(ti.start_date), end_date=end,
+                duration_seconds=task_duration(ti), queued_seconds=queued_seconds(ti),
+                folded_at=now)
+            outcomes[outcome.key()] = (outcome, ti)
+        claimed = tx.claim(_not_folded_without_id(tx, [o for o, _ in outcomes.values()]))
+        for fold in claimed:
+            labels: Labels = (("dag_id", fold.dag_id), ("state", fold.state),
+                              ("task_id", fold.task_id))
             tx.add(FINISHED_TOTAL.name, labels)
-            if row["duration_seconds"] is not None:
-                tx.observe(DURATION.name, labels, row["duration_seconds"], self.duration_buckets)
-            if row["queued_seconds"] is not None:
-                tx.observe(QUEUED.name, (("dag_id", row["dag_id"]),), row["queued_seconds"],
+            if fold.duration_seconds is not None:
+                tx.observe(DURATION.name, labels, fold.duration_seconds, self.duration_buckets)
+            if fold.queued_seconds is not None:
+                tx.observe(QUEUED.name, (("dag_id", fold.dag_id),), fold.queued_seconds,
                            self.queued_buckets)
-        return [by_row[_key(row)] for row in claimed]
+        return [outcomes[fold.key()][1] for fold in claimed]
 
     def _fold_retries(self, reader: Reader, tx: CacheTransaction, instances: list[TaskInstance],
                       runs: dict[tuple[str, str], DagRun], now: datetime) -> int:
@@ -176,13 +164,12 @@ class TaskInstanceStage:
                       if f.try_number < current[(f.dag_id, f.task_id, f.run_id, f.map_index)]]
         else:
             failed = self._retried_by_try_number(tx, instances, runs)
-        rows = [{"dag_run_id": runs[(dag_id, run_id)].id, "task_id": task_id,
-                 "map_index": map_index, "try_number": try_number, "dag_id": dag_id,
-                 "folded_at": now}
-                for dag_id, task_id, run_id, map_index, try_number in failed]
-        claimed = tx.claim(task_instance_retry, rows)
-        for row in claimed:
-            tx.add(RETRIES_TOTAL.name, (("dag_id", row["dag_id"]), ("task_id", row["task_id"])))
+        claimed = tx.claim([
+            Retry(dag_run_id=runs[(dag_id, run_id)].id, task_id=task_id, map_index=map_index,
+                  try_number=try_number, dag_id=dag_id, folded_at=now)
+            for dag_id, task_id, run_id, map_index, try_number in failed])
+        for fold in claimed:
+            tx.add(RETRIES_TOTAL.name, (("dag_id", fold.dag_id), ("task_id", fold.task_id)))
         return len(claimed)
 
     @staticmethod
@@ -204,20 +191,15 @@ class TaskInstanceStage:
 
 
 def _not_folded_without_id(tx: CacheTransaction,
-                           rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                           outcomes: list[TaskOutcome]) -> list[TaskOutcome]:
     """Outcomes folded while keys had no task instance id (caches of earlier releases)
-    were counted then: a row whose key without the id is recorded is left out. The lookup
-    reads every key of these tries, so the rows folded already are left out here too and
-    the claim only looks up what is new."""
-    tries = sorted({(r["dag_run_id"], r["task_id"], r["map_index"], r["try_number"])
-                    for r in rows if "/" in r["end_key"]})
+    were counted then: an outcome whose key without the id is recorded is left out. The
+    lookup reads every key of these tries, so the outcomes folded already are left out here
+    too and the claim only looks up what is new."""
+    tries = sorted({o.try_key for o in outcomes if o.end_key.ti_id})
     if not tries:
-        return rows
-    folded = set(tx.recorded(task_instance_finished, tries, "end_key"))
-    return [r for r in rows
-            if _key(r) not in folded and (*_key(r)[:4], r["end_key"].split("/")[0]) not in folded]
-
-
-def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["dag_run_id"], row["task_id"], row["map_index"], row["try_number"],
-            row["end_key"])
+        return outcomes
+    folded = {(*key, EndKey.decode(end_key))
+              for *key, end_key in tx.recorded(task_instance_finished, tries, "end_key")}
+    return [o for o in outcomes if (*o.try_key, o.end_key) not in folded
+            and (*o.try_key, o.end_key.without_id()) not in folded]
