@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from bridge.cache.folds import EndKey, TaskOutcome
+from bridge.cache.folds import BusinessValue, EndKey, Fold, Retry, RunFinish, TaskOutcome
 
 END = datetime(2026, 3, 1, 12, 30, 5, 123456)
 
@@ -50,3 +50,16 @@ def test_an_outcome_is_keyed_by_its_tables_primary_key() -> None:
     assert row["end_key"] == "2026-03-01T12:30:05.123456/ab"
     assert set(row) == {c.name for c in TaskOutcome.table.columns}
     assert outcome.try_key == (7, "load", -1, 2)
+
+
+@pytest.mark.parametrize("fold", [
+    RunFinish(dag_run_id=1, end_key=EndKey(END), dag_id="d", run_id="r", run_type="manual",
+              state="failed", logical_date=None, queued_at=None, start_date=None,
+              end_date=END, duration_seconds=None, folded_at=END),
+    Retry(dag_run_id=1, task_id="t", map_index=3, try_number=1, dag_id="d", folded_at=END),
+    BusinessValue(dag_run_id=1, end_key=EndKey(None), metric="m", labels="{}", dag_id="d",
+                  run_id="r", logical_date=None, end_date=None, value=1.5),
+], ids=lambda fold: type(fold).__name__)
+def test_every_record_spells_its_key_in_primary_key_order(fold: Fold) -> None:
+    row = fold.row()
+    assert fold.key() == tuple(row[c.name] for c in fold.table.primary_key.columns)

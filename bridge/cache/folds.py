@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import cached_property
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import Table
@@ -43,6 +44,11 @@ class EndKey:
         return cls(end, (ti_id or "")[-ID_DIGITS:])
 
     def encode(self) -> str:
+        return self.text
+
+    @cached_property
+    def text(self) -> str:
+        """The stored form, built once: keys are compared many times per cycle."""
         text = self.end.isoformat() if self.end is not None else "none"
         if self.ti_id:
             text += "/" + self.ti_id
@@ -79,7 +85,8 @@ F = TypeVar("F", bound=Fold)
 
 
 class _Row:
-    """The row of a record: its fields by column name, the end key as stored."""
+    """The row of a record: its fields by column name, the end key as stored. Each
+    record spells out its primary key (`key`), in the table's column order."""
 
     table: ClassVar[Table]
 
@@ -87,8 +94,6 @@ class _Row:
         return {f.name: _stored(getattr(self, f.name))
                 for f in fields(self)}  # type: ignore[arg-type]
 
-    def key(self) -> tuple[Any, ...]:
-        return tuple(_stored(getattr(self, c.name)) for c in self.table.primary_key.columns)
 
 
 def _stored(value: Any) -> Any:
@@ -113,6 +118,9 @@ class RunFinish(_Row):
     duration_seconds: float | None
     folded_at: datetime
 
+    def key(self) -> tuple[int, str]:
+        return (self.dag_run_id, self.end_key.text)
+
 
 @dataclass(frozen=True)
 class TaskOutcome(_Row):
@@ -133,6 +141,10 @@ class TaskOutcome(_Row):
     queued_seconds: float | None
     folded_at: datetime
 
+    def key(self) -> tuple[int, str, int, int, str]:
+        return (self.dag_run_id, self.task_id, self.map_index, self.try_number,
+                self.end_key.text)
+
     @property
     def try_key(self) -> tuple[int, str, int, int]:
         return (self.dag_run_id, self.task_id, self.map_index, self.try_number)
@@ -150,6 +162,9 @@ class Retry(_Row):
     dag_id: str
     folded_at: datetime
 
+    def key(self) -> tuple[int, str, int, int]:
+        return (self.dag_run_id, self.task_id, self.map_index, self.try_number)
+
 
 @dataclass(frozen=True)
 class BusinessValue(_Row):
@@ -165,3 +180,6 @@ class BusinessValue(_Row):
     logical_date: datetime | None
     end_date: datetime | None
     value: float
+
+    def key(self) -> tuple[int, str, str, str]:
+        return (self.dag_run_id, self.end_key.text, self.metric, self.labels)
