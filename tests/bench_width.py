@@ -306,11 +306,13 @@ def _peak_kib() -> int:
 
 @dataclass
 class Family:
-    """One family of a /metrics body: its label sets and the sum of its values (of the
+    """One family of a /metrics body: its label sets, those with a value other than 0
+    (counters served at 0 are not in the metadata DB), and the sum of the values (of the
     `_count` samples for a histogram)."""
 
     kind: str
     label_sets: int = 0
+    nonzero: int = 0
     total: float = 0.0
 
 
@@ -335,8 +337,10 @@ def parse_body(body: str) -> dict[str, Family]:
             family = families[name[:-6]]
         else:
             continue  # a histogram's buckets and sum
+        value = float(line.rsplit(" ", 1)[1])
         family.label_sets += 1
-        family.total += float(line.rsplit(" ", 1)[1])
+        family.nonzero += value != 0
+        family.total += value
     return families
 
 
@@ -399,7 +403,7 @@ def _scrape(bridge: Any) -> dict[str, Any]:
             "dropped": dropped.total if dropped else None,
             "label_sets": sum(f.label_sets for n, f in families.items()
                               if not n.startswith("airflow_bridge_")),
-            "families": {n: [f.label_sets, f.total] for n, f in families.items()}}
+            "families": {n: [f.label_sets, f.nonzero, f.total] for n, f in families.items()}}
 
 
 def child(argument: str) -> None:
@@ -500,6 +504,7 @@ class Side:
     held: dict[int | None, Figures] = field(default_factory=dict)  # by max_series (None: default)
     truth: Truth | None = None
     error: str | None = None
+    code: str = ""  # the revision measured, and what was uncommitted in it
 
 
 @dataclass
@@ -534,7 +539,7 @@ def measure_width(pg: postgres.Postgres, template: str, version: str, shape: Sha
 
 def _measure_side(pg: postgres.Postgres, filled: str, version: str, shape: Shape, label: str,
                   root: Path, idle: int, busy: int, caps: Sequence[int | None]) -> Side:
-    side = Side(label)
+    side = Side(label, code=code_state(root))
     name = pg.fresh_name("amb_width_run")
     pg.create_database(name, template=filled)
     try:
@@ -562,18 +567,40 @@ def _measure_side(pg: postgres.Postgres, filled: str, version: str, shape: Shape
     return side
 
 
-def exact(side: Side) -> bool | None:
-    """Whether the served totals are the metadata DB's, to the unit: those of the body
-    that serves everything held (max_series 10M), else of one that shed nothing."""
+def mismatches(side: Side) -> list[str] | None:
+    """Where the served totals differ from the metadata DB's (label sets with a value other
+    than 0, and the sum): in the body that serves everything held (max_series 10M), else
+    in one that shed nothing; None when there is no such body."""
     held = side.held.get(HIGH_CAP) or side.held.get(None)
     if not held or side.truth is None or held["dropped"]:
         return None
     families, t = held["families"], side.truth
-    wanted = {"airflow_dag_run_finished_total": [t.run_label_sets, t.finished_runs],
-              "airflow_task_instance_finished_total": [t.task_label_sets,
-                                                       t.finished_task_instances],
-              "airflow_task_instance_retries_total": [t.retry_label_sets, t.retries]}
-    return all(families.get(n) == v for n, v in wanted.items())
+    wanted = {"airflow_dag_run_finished_total": (t.run_label_sets, t.finished_runs),
+              "airflow_task_instance_finished_total": (t.task_label_sets,
+                                                       t.finished_task_instances),
+              "airflow_task_instance_retries_total": (t.retry_label_sets, t.retries)}
+    found = {name: tuple(families[name][1:]) if name in families else None
+             for name in wanted}
+    return [f"{name}: served (label sets other than 0, sum) {found[name]}, "
+            f"metadata DB {expected}" for name, expected in wanted.items()
+            if found[name] != expected]
+
+
+def exact(side: Side) -> bool | None:
+    """Whether the served totals are the metadata DB's, to the unit (see `mismatches`)."""
+    wrong = mismatches(side)
+    return None if wrong is None else not wrong
+
+
+def code_state(root: Path) -> str:
+    """`root`'s commit, and its uncommitted changes to the bridge's code, if any."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "bridge", "migrations").splitlines()
+    dirty = f" + uncommitted {', '.join(line[3:] for line in changed)}" if changed else ""
+    return git("rev-parse", "--short", "HEAD") + dirty
 
 
 @contextmanager
@@ -714,8 +741,11 @@ def report(widths: Sequence[Width], idle_kib: dict[str, int], version: str,
         print(line)
     for w in widths:
         for side in w.sides:
+            print(f"{w.shape.dags:,} DAGs, {side.label}: code {side.code}")
+            for wrong in mismatches(side) or []:
+                print(f"  not exact: {wrong}")
             if side.error:
-                print(f"\n{w.shape.dags:,} DAGs, {side.label}: failed: {side.error}")
+                print(f"  failed: {side.error}")
 
 
 def _idle_kib(root: Path) -> int:
