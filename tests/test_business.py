@@ -100,6 +100,8 @@ def test_hostile_values_are_counted_and_never_served(airflow_db: AirflowDb,
         "deep": (None, b'{"n": ' + b"[" * 3000 + b"]" * 3000 + b"}", "too_deep"),
         "long_int": (None, b'{"n": 1' + b"0" * 5000 + b"}", "not_finite"),
         "long_int_beside": (None, b'{"n": 3, "x": 1' + b"0" * 5000 + b"}", None),
+        # A JSON null pushed as the whole value: nothing was pushed, on every version.
+        "whole_null": (None, b"null", "missing"),
     }
     if not v3:  # bytea can hold anything; jsonb cannot hold these
         cases.update({

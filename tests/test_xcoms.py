@@ -240,7 +240,8 @@ def test_size_limit_is_inclusive() -> None:
 def test_null_is_missing_and_odd_types_are_refused() -> None:
     assert reason(decode, None, LIMIT) == "missing"
     assert reason(decode, None, LIMIT, size=0) == "missing"
-    assert decode(b"null", LIMIT) is None
+    assert reason(decode, b"null", LIMIT) == "missing", "a JSON null: nothing was pushed"
+    assert reason(decode, b" null ", LIMIT) == "missing"
     assert reason(decode, object(), LIMIT) == "invalid_json"
     assert reason(decode, (1, 2), LIMIT) == "invalid_json"
 

@@ -56,7 +56,8 @@ def decode(stored: object, max_bytes: int, size: int | None = None) -> object:
       checked before anything is decoded, the nesting depth before anything recurses.
     - an already parsed value (dict, list, str, int, float, bool), as a driver returns
       `jsonb`; a `str` is then a JSON string value, not JSON text.
-    - None: SQL NULL (on 3.x also a JSON null) -> `missing`.
+    - None: SQL NULL -> `missing`; so is a JSON null, however it is stored (text or
+      parsed): the task pushed nothing.
     `size` is the stored size in bytes when the caller knows it (e.g. `octet_length` in
     the query); above `max_bytes` it gives `too_large` even when the value was not
     fetched (None), so a query can leave large values in the database.
@@ -71,6 +72,8 @@ def decode(stored: object, max_bytes: int, size: int | None = None) -> object:
         value = stored
     else:
         raise XcomValueError("invalid_json", f"unexpected {type(stored).__name__}")
+    if value is None:
+        raise XcomValueError("missing", "a JSON null")
     if _depth(value) > MAX_DEPTH:
         raise XcomValueError("too_deep", f"nested deeper than {MAX_DEPTH} levels")
     return unwrap(value)
