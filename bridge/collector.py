@@ -1,26 +1,39 @@
 """/metrics from memory: metric families are built and rendered once per refresh.
 
 A scrape hands over the rendered bytes of the latest snapshot; it never touches a
-database. Cardinality controls (DAG include/exclude patterns, no task_id label, a cap on
-series that sheds per-task families only) apply here, when a snapshot is built, so the
-cache always keeps everything.
+database. What is served is decided here, when a snapshot is built, so the cache always
+keeps everything (per-task histograms included):
+
+- DAG include/exclude patterns;
+- task durations per DAG, as `_sum` and `_count` (a summary without quantiles): their
+  buckets summed over tasks cost more than every other per-DAG family together at width.
+  Per-task durations with every bucket are opt-in, for the DAGs that
+  `task_duration_buckets_dags` names, in a family of their own;
+- the per-task counters keep their `task_id` label, unless `task_id_label: false`;
+- a cap on series (`max_series`) that sheds whole families in a declared order, least
+  useful first: a per-task family loses its `task_id` label (summed per DAG, as
+  `task_id_label: false` serves it, so every per-DAG query and alert keeps its input),
+  a family that only exists per task is left out.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from math import fsum
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -28,10 +41,30 @@ from prometheus_client.samples import Sample
 
 from bridge import health as bridge_health
 from bridge.catalog import AIRFLOW, BRIDGE
-from bridge.config import Settings
+from bridge.config import DEFAULT_MAX_SERIES, Settings
 from bridge.exposition import Encoder
 from bridge.health import Health
 from bridge.metric import HistogramValue, Labels, MetricSpec, Series
+from bridge.stages.task_instances import DURATION, FINISHED_TOTAL, RETRIES_TOTAL
+
+log = logging.getLogger(__name__)
+
+TASK_ID = "task_id"
+DURATION_BY_TASK = MetricSpec(
+    "airflow_task_instance_duration_by_task_seconds", "histogram",
+    "Duration of finished task tries, start to end, per task, with every bucket; only for "
+    "the DAGs task_duration_buckets_dags names.", ("dag_id", "task_id", "state"))
+FAMILY_SHED = MetricSpec(
+    "airflow_bridge_family_shed", "gauge",
+    "1 if the max_series cap sheds this family now (a per-task family is then served "
+    "summed per DAG, without task_id; a per-task only family not at all), else 0.",
+    ("metric",))
+# Families the cap sheds, least useful first; other per-task families (business metrics
+# with a task_id label) follow, the largest first.
+SHED_ORDER = (DURATION_BY_TASK.name, FINISHED_TOTAL.name, RETRIES_TOTAL.name)
+_BY_TASK = {DURATION.name: DURATION_BY_TASK}  # per-task histograms: their bucketed family
+_SUMMED = " Summed over tasks (no task_id label)."
+_MEAN = " Summed over tasks (no task_id label), without buckets: _sum and _count."
 
 
 @dataclass(frozen=True)
@@ -50,96 +83,179 @@ class View:
     include_dags: tuple[str, ...] = ("*",)
     exclude_dags: tuple[str, ...] = ()
     task_id_label: bool = True
-    max_series: int = 20_000
+    max_series: int = DEFAULT_MAX_SERIES
     business: tuple[MetricSpec, ...] = ()
+    task_duration_buckets_dags: tuple[str, ...] = ()  # DAG patterns: per-task buckets
 
     @classmethod
     def of(cls, settings: Settings) -> View:
         business = {d.name: MetricSpec(d.name, d.kind, d.help, d.label_names)
                     for d in settings.definitions}
-        return cls(settings.refresh_interval, settings.include_dags, settings.exclude_dags,
-                   settings.task_id_label, settings.max_series, tuple(business.values()))
+        return cls(settings.refresh_interval, include_dags=settings.include_dags,
+                   exclude_dags=settings.exclude_dags, task_id_label=settings.task_id_label,
+                   max_series=settings.max_series, business=tuple(business.values()),
+                   task_duration_buckets_dags=settings.task_duration_buckets_dags)
 
     def shows_dag(self, dag_id: str) -> bool:
         return any(fnmatchcase(dag_id, p) for p in self.include_dags) and \
             not any(fnmatchcase(dag_id, p) for p in self.exclude_dags)
 
+    def task_buckets(self, dag_id: str) -> bool:
+        """Whether the DAG's task durations are served per task, with every bucket."""
+        return any(fnmatchcase(dag_id, p) for p in self.task_duration_buckets_dags)
+
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 GZIP = ";gzip"
 
+Value = float | HistogramValue
+Groups = dict[Labels, list[Labels]]  # a summed label set -> the cached ones it adds up
+
+Kind = Literal["counter", "gauge", "histogram", "summary"]  # as served
+# How a served family comes from its cached one: its label sets as they are; summed over
+# task_id; a histogram's _sum and _count summed over task_id; per task, of the DAGs whose
+# task buckets are served.
+Shape = Literal["as_is", "summed", "mean", "by_task"]
+# What the cap may do to it: nothing; serve it summed over task_id; leave it out.
+Shedding = Literal["never", "collapse", "remove"]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One served family: the cached family it comes from, how, and what the cap may do."""
+
+    source: MetricSpec
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...]  # served label names, in the order samples list them
+    shape: Shape = "as_is"
+    shedding: Shedding = "never"
+
+    @classmethod
+    def of(cls, spec: MetricSpec) -> _Plan:
+        return cls(spec, spec.name, spec.kind, spec.help, spec.labels)
+
+    def collapsed(self) -> _Plan:
+        """The family as served once the cap sheds its task_id label."""
+        return replace(self, help=self.help + _SUMMED, labels=_without(self.labels),
+                       shape="summed", shedding="never")
+
+
+def _plans(view: View) -> tuple[_Plan, ...]:
+    """Every served Airflow and business family, in catalog order."""
+    plans: list[_Plan] = []
+    for spec in (*AIRFLOW, *view.business):
+        plan = _Plan.of(spec)
+        if TASK_ID not in spec.labels:
+            plans.append(plan)
+        elif spec.kind == "histogram":
+            plans.append(replace(plan, kind="summary", help=spec.help + _MEAN,
+                                 labels=_without(spec.labels), shape="mean"))
+            by_task = _BY_TASK.get(spec.name)
+            if by_task is not None and view.task_id_label and view.task_duration_buckets_dags:
+                plans.append(replace(plan, name=by_task.name, help=by_task.help,
+                                     labels=by_task.labels, shape="by_task",
+                                     shedding="remove"))
+        elif view.task_id_label:
+            plans.append(replace(plan, shedding="collapse"))
+        else:
+            plans.append(plan.collapsed())
+    return tuple(plans)
+
+
+def _without(labels: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n for n in labels if n != TASK_ID)
+
 
 @dataclass(frozen=True)
 class _Prepared:
-    """One family's samples as they would be served, before the cap."""
+    """One family's samples as they would be served."""
 
-    spec: MetricSpec
-    label_names: tuple[str, ...]
-    series: tuple[tuple[Labels, float | HistogramValue], ...]  # sorted by labels
-
-    @property
-    def per_task(self) -> bool:
-        """Only per-task families grow with the DAGs' code; the cap sheds nothing else."""
-        return "task_id" in self.spec.labels
+    plan: _Plan
+    series: tuple[tuple[Labels, Value], ...]  # sorted by labels
 
 
-def _prepare(spec: MetricSpec, series: Series, view: View) -> _Prepared:
-    label_names = spec.labels
-    # Series cached under an earlier definition with other labels are not served.
-    names = tuple(sorted(label_names))
-    series = {k: v for k, v in series.items() if tuple(map(_first, k)) == names}
-    if "dag_id" in label_names:
-        shown: dict[str, bool] = {}  # a few DAGs carry many series: match each DAG once
-        for labels in series:
-            dag_id = dict(labels)["dag_id"]
-            if dag_id not in shown:
-                shown[dag_id] = view.shows_dag(dag_id)
-        series = {k: v for k, v in series.items() if shown[dict(k)["dag_id"]]}
-    if "task_id" in label_names and not view.task_id_label:
-        label_names = tuple(n for n in label_names if n != "task_id")
-        series = _without_task_id(series)
-    return _Prepared(spec, label_names, tuple(sorted(series.items())))
+def _select(spec: MetricSpec, series: Series, view: View,
+            dags: Callable[[str], bool] | None = None) -> dict[Labels, Value]:
+    """The label sets of `spec`'s label names (series cached under an earlier definition
+    with other labels are not served), of the DAGs `view` shows (and `dags` takes)."""
+    names = tuple(sorted(spec.labels))
+    rows = {k: v for k, v in series.items() if tuple(map(_first, k)) == names}
+    if "dag_id" not in names:
+        return rows
+    dag_of = itemgetter(names.index("dag_id"))
+    shown: dict[str, bool] = {}  # a few DAGs carry many series: match each DAG once
+    for labels in rows:
+        dag_id = dag_of(labels)[1]
+        if dag_id not in shown:
+            shown[dag_id] = view.shows_dag(dag_id) and (dags is None or dags(dag_id))
+    return {k: v for k, v in rows.items() if shown[dag_of(k)[1]]}
 
 
-def _kept(families: list[_Prepared], room: int) -> list[int]:
-    """How many series of each family stay under the cap.
+def _prepare(plan: _Plan, series: Series, view: View) -> tuple[_Prepared, Groups | None]:
+    """The family `plan` serves from `series`; for one summed over task_id, also which
+    cached label sets each served one adds up (to redo only the sums that changed)."""
+    if plan.shape == "by_task":
+        rows = _select(plan.source, series, view, view.task_buckets)
+    else:
+        rows = _select(plan.source, series, view)
+    if plan.shape not in ("summed", "mean"):
+        return _Prepared(plan, tuple(sorted(rows.items()))), None
+    groups: Groups = {}
+    for labels in rows:
+        groups.setdefault(tuple([p for p in labels if p[0] != TASK_ID]), []).append(labels)
+    summed = {key: _total(plan.shape, [rows[k] for k in members])
+              for key, members in groups.items()}
+    return _Prepared(plan, tuple(sorted(summed.items()))), groups
 
-    Only per-task families give way, the largest first (ties by name), each down to
-    nothing before the next is touched; the rest is always served, even past the cap.
-    """
-    kept = [len(f.series) for f in families]
-    excess = sum(kept) - room
-    for i in sorted((i for i, f in enumerate(families) if f.per_task),
-                    key=lambda i: (-kept[i], families[i].spec.name)):
-        if excess <= 0:
-            break
-        cut = min(kept[i], excess)
-        kept[i] -= cut
-        excess -= cut
-    return kept
+
+def _total(shape: Shape, values: list[Value]) -> Value:
+    """Values added up, in any order to the same result (fsum rounds once): a memo that
+    redoes one sum serves what a new collector would. `mean` keeps a histogram's sum and
+    count only."""
+    first = values[0]
+    if not isinstance(first, HistogramValue):
+        return fsum(cast(list[float], values))
+    hists = cast(list[HistogramValue], values)
+    total_sum, count = fsum(h.sum for h in hists), fsum(h.count for h in hists)
+    if shape == "mean":
+        return HistogramValue((), total_sum, count)
+    buckets: dict[float, list[float]] = defaultdict(list)
+    for h in hists:
+        for le, n in h.buckets:
+            buckets[le].append(n)
+    return HistogramValue(tuple(sorted((le, fsum(ns)) for le, ns in buckets.items())),
+                          total_sum, count)
 
 
-def _family(prepared: _Prepared, kept: int, interval: float) -> Metric:
-    """The family with its first `kept` label sets (in label order: a stable cut)."""
-    spec = prepared.spec
-    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
-             "histogram": HistogramMetricFamily}
-    help_text = f"{spec.help} Refreshed every {interval:g}s by airflow-metrics-bridge."
-    family: Any = kinds[spec.kind](spec.name, help_text, labels=prepared.label_names)
-    rows = prepared.series[:kept]
-    if spec.kind == "histogram":
+_KINDS: dict[Kind, Any] = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                           "histogram": HistogramMetricFamily, "summary": SummaryMetricFamily}
+
+
+def _family(prepared: _Prepared, interval: float) -> Metric:
+    plan = prepared.plan
+    help_text = f"{plan.help} Refreshed every {interval:g}s by airflow-metrics-bridge."
+    family: Any = _KINDS[plan.kind](plan.name, help_text, labels=plan.labels)
+    rows = prepared.series
+    if plan.kind == "histogram":
         for labels, value in rows:
             given = dict(labels)
             assert isinstance(value, HistogramValue)
-            family.add_metric([given[name] for name in prepared.label_names],
+            family.add_metric([given[name] for name in plan.labels],
                               [(_le(le), n) for le, n in value.buckets], value.sum)
+    elif plan.kind == "summary":
+        for labels, value in rows:
+            given = dict(labels)
+            assert isinstance(value, HistogramValue)
+            family.add_metric([given[name] for name in plan.labels], value.count, value.sum)
     elif rows:
         # What add_metric appends, without its per-sample overhead: every label set has
-        # exactly the family's names (see _prepare), sorted; samples list them in the
+        # exactly the family's names (see _select), sorted; samples list them in the
         # family's order.
-        sample_name = family.name + "_total" if spec.kind == "counter" else family.name
-        in_order = sorted(prepared.label_names)
-        position = [in_order.index(name) for name in prepared.label_names]
+        sample_name = family.name + "_total" if plan.kind == "counter" else family.name
+        in_order = sorted(plan.labels)
+        position = [in_order.index(name) for name in plan.labels]
         pick: Callable[[Labels], Any] = itemgetter(*position) if position != sorted(position) \
             else _same
         family.samples.extend([Sample(sample_name, dict(pick(labels)), cast(float, value))
@@ -156,115 +272,191 @@ def _same(labels: Labels) -> Labels:
     return labels
 
 
-def _without_task_id(series: Series) -> Series:
-    merged: dict[Labels, float | HistogramValue] = {}
-    for labels, value in series.items():
-        key = tuple(pair for pair in labels if pair[0] != "task_id")
-        merged[key] = _merge(merged.get(key), value)
-    return merged
-
-
-def _merge(left: Any, right: Any) -> Any:
-    if left is None:
-        return right
-    if isinstance(right, HistogramValue):
-        counts: dict[float, float] = defaultdict(float)
-        for le, n in (*left.buckets, *right.buckets):
-            counts[le] += n
-        return HistogramValue(tuple(sorted(counts.items())), left.sum + right.sum,
-                              left.count + right.count)
-    return left + right
-
-
 @dataclass
 class _Built:
     """A family as built from one input, reused while the input stays equal."""
 
-    source: dict[Labels, float | HistogramValue]  # a copy: the caller may change its own
+    source: dict[Labels, Value]  # a copy: the caller may change its own
     prepared: _Prepared
+    groups: Groups | None = None  # of a family summed over task_id (see _prepare)
     family: Metric | None = None
-    kept: int = -1
     before: _Built | None = None  # built from the same label sets with other values
 
 
 class Memo:
-    """What the last refresh built, per family, for one view: most families do not change
-    between refreshes, and comparing a family's series costs far less than rebuilding it
-    (the encoder then finds the very same samples and keeps their bytes). A family whose
-    label sets stayed and some values changed keeps the samples of the others."""
+    """What the last refresh built, per served family, for one view: most families do not
+    change between refreshes, and comparing a family's series costs far less than
+    rebuilding it (the encoder then finds the very same samples and keeps their bytes). A
+    family whose label sets stayed and some values changed keeps the samples of the
+    others."""
 
     def __init__(self) -> None:
-        self._built: dict[str, _Built] = {}
+        self._built: dict[_Plan, _Built] = {}
         self._view: View | None = None
+        self._used: set[_Plan] = set()
 
-    def prepare(self, spec: MetricSpec, series: Series, view: View) -> _Prepared:
+    def begin(self, view: View) -> None:
         if view != self._view:
             self._built.clear()
             self._view = view
-        built = self._built.get(spec.name)
-        if built is not None and built.prepared.spec == spec:
+        self._used = set()
+
+    def end(self) -> None:
+        """Forget the families this refresh did not serve (a plan the cap left)."""
+        for plan in [p for p in self._built if p not in self._used]:
+            del self._built[plan]
+
+    def prepare(self, plan: _Plan, series: Series, view: View) -> _Prepared:
+        self._used.add(plan)
+        built = self._built.get(plan)
+        if built is not None:
             if built.source == series:
                 return built.prepared
-            merged = "task_id" in spec.labels and not view.task_id_label
-            if not merged and built.source.keys() == series.keys():
-                # The same label sets, so the same ones are shown, in the same order.
-                old = built.prepared
-                prepared = _Prepared(spec, old.label_names,
-                                     tuple([(k, series[k]) for k, _ in old.series]))
+            if built.source.keys() == series.keys():
+                # The same label sets, so the same ones are served, in the same order.
+                old, groups = built.prepared, built.groups
+                if plan.shape == "as_is":
+                    prepared = _Prepared(plan, tuple([(k, series[k]) for k, _ in old.series]))
+                elif groups is not None:
+                    prepared = _resummed(old, groups, built.source, series)
+                else:
+                    prepared, groups = _prepare(plan, series, view)
                 built.before = None  # keep one generation only
-                self._built[spec.name] = _Built(dict(series), prepared, before=built)
+                self._built[plan] = _Built(dict(series), prepared, groups, before=built)
                 return prepared
-        self._built[spec.name] = _Built(dict(series), _prepare(spec, series, view))
-        return self._built[spec.name].prepared
+        prepared, groups = _prepare(plan, series, view)
+        self._built[plan] = _Built(dict(series), prepared, groups)
+        return prepared
 
-    def family(self, prepared: _Prepared, kept: int, interval: float) -> Metric:
-        built = self._built.get(prepared.spec.name)
+    def family(self, prepared: _Prepared, interval: float) -> Metric:
+        built = self._built.get(prepared.plan)
         if built is None or built.prepared is not prepared:  # not prepared by this memo
-            return _family(prepared, kept, interval)
-        if built.family is None or built.kept != kept:
+            return _family(prepared, interval)
+        if built.family is None:
             before = built.before
-            if before is not None and before.family is not None and before.kept == kept \
-                    and prepared.spec.kind != "histogram":
-                built.family = _refilled(before.family, before.prepared, prepared, kept)
+            if before is not None and before.family is not None \
+                    and prepared.plan.kind != "histogram":
+                built.family = _refilled(before.family, before.prepared, prepared)
             else:
-                built.family = _family(prepared, kept, interval)
-            built.kept = kept
+                built.family = _family(prepared, interval)
         return built.family
 
 
-def _refilled(family: Metric, old: _Prepared, new: _Prepared, kept: int) -> Metric:
-    """A counter or gauge family like `family` (built from `old`) with the values of
-    `new`, which has the same label sets in the same order: unchanged samples are kept."""
+def _resummed(old: _Prepared, groups: Groups, before: Mapping[Labels, Value],
+              series: Series) -> _Prepared:
+    """`old`, a family summed over task_id from `before`, redone for `series`, which has the
+    same label sets: only the sums with a changed value among theirs are added up again."""
+    changed = {tuple([p for p in k if p[0] != TASK_ID]) for k, v in series.items()
+               if before[k] is not v and before[k] != v}
+    changed &= groups.keys()  # of the label sets served
+    if not changed:
+        return old
+    rows = list(old.series)
+    for i, (key, _) in enumerate(rows):
+        if key in changed:
+            rows[i] = (key, _total(old.plan.shape, [series[k] for k in groups[key]]))
+    return _Prepared(old.plan, tuple(rows))
+
+
+def _refilled(family: Metric, old: _Prepared, new: _Prepared) -> Metric:
+    """A counter, gauge or summary family like `family` (built from `old`) with the values
+    of `new`, which has the same label sets in the same order: unchanged samples are kept
+    (a summary has two per label set, _count then _sum)."""
     refilled = Metric(family.name, family.documentation, family.type, family.unit)
-    refilled.samples = [
-        sample if before == after else sample._replace(value=cast(float, after))
-        for sample, (_, before), (_, after)
-        in zip(family.samples, old.series[:kept], new.series[:kept], strict=True)]
+    if family.type != "summary":
+        refilled.samples = [
+            sample if before == after else sample._replace(value=cast(float, after))
+            for sample, (_, before), (_, after)
+            in zip(family.samples, old.series, new.series, strict=True)]
+        return refilled
+    samples = family.samples
+    pairs = zip(samples[::2], samples[1::2], old.series, new.series, strict=True)
+    for count, total, (_, before), (_, after) in pairs:
+        if before != after:
+            value = cast(HistogramValue, after)
+            count, total = count._replace(value=value.count), total._replace(value=value.sum)
+        refilled.samples += (count, total)
     return refilled
+
+
+@dataclass(frozen=True)
+class Families:
+    """A snapshot's families as served, and what the cap left out of them."""
+
+    families: list[Metric]
+    dropped: int  # series left out: label sets held minus label sets served
+    shed: tuple[str, ...] = ()  # families the cap shed, in shedding order
+    collapsed: frozenset[str] = field(default_factory=frozenset)  # of those, served summed
+    over: int = 0  # series still past the cap once everything sheddable was shed
+
+
+def build(snapshot: Snapshot, view: View, memo: Memo | None = None) -> Families:
+    """Families in catalog order (the bridge's own first), and what the cap shed.
+
+    The cap counts label sets (a histogram's or summary's once), the bridge's own
+    included. Past it, the per-task families are shed whole, in `SHED_ORDER` then the
+    largest first, until the rest fits; the others (per-DAG families, pool slots,
+    heartbeats, business metrics without a task_id label) are always served, even past
+    the cap. A `memo` kept between calls with the same view reuses the families whose
+    series are equal.
+    """
+    memo = memo or Memo()
+    memo.begin(view)
+    sources = snapshot.series
+    plans = _plans(view)
+    prepared: list[_Prepared | None] = [
+        memo.prepare(p, sources.get(p.source.name, {}), view) for p in plans]
+    sheddable = sorted((i for i, p in enumerate(plans) if p.shedding != "never"),
+                       key=lambda i: _shed_rank(plans[i], prepared[i]))
+    placeholder = bridge_health.series(snapshot.health, 0)
+    own_size = len(sheddable) + sum(
+        len(_select(spec, placeholder.get(spec.name) or sources.get(spec.name, {}), view))
+        for spec in BRIDGE)
+    held = own_size + sum(len(p.series) for p in prepared if p is not None)
+    total, shed, collapsed = held, [], set()
+    for i in sheddable:
+        if total <= view.max_series:
+            break
+        plan, full = plans[i], prepared[i]
+        assert full is not None
+        if plan.shedding == "remove":
+            served = None
+        else:
+            served = memo.prepare(plan.collapsed(), sources.get(plan.source.name, {}), view)
+            collapsed.add(plan.name)
+        saved = len(full.series) - (len(served.series) if served is not None else 0)
+        if saved <= 0:
+            collapsed.discard(plan.name)
+            continue  # nothing to gain: served as it is
+        total -= saved
+        prepared[i] = served
+        shed.append(plan.name)
+    memo.end()
+    dropped = held - total
+    health = bridge_health.series(snapshot.health, dropped)
+    own = [_prepare(_Plan.of(spec), health.get(spec.name) or sources.get(spec.name, {}),
+                    view)[0] for spec in BRIDGE]
+    flags = _Prepared(_Plan.of(FAMILY_SHED), tuple(sorted(
+        ((("metric", plans[i].name),), 1.0 if plans[i].name in shed else 0.0)
+        for i in sheddable)))
+    families = [_family(f, view.interval) for f in (*own, flags)] + \
+        [memo.family(f, view.interval) for f in prepared if f is not None]
+    return Families(families, dropped, tuple(shed), frozenset(collapsed),
+                    max(0, total - view.max_series))
+
+
+def _shed_rank(plan: _Plan, prepared: _Prepared | None) -> tuple[int, int, str]:
+    size = len(prepared.series) if prepared is not None else 0
+    rank = SHED_ORDER.index(plan.name) if plan.name in SHED_ORDER else len(SHED_ORDER)
+    return rank, -size, plan.name
 
 
 def build_families(snapshot: Snapshot, view: View,
                    memo: Memo | None = None) -> tuple[list[Metric], int]:
     """Families in catalog order (the bridge's own first), and how many series the cap
-    left out. The bridge's own families count against the cap but are never cut; of the
-    rest only the per-task families are (see `_kept`): pool slots, heartbeats, DAG flags,
-    import errors and business metrics without a task_id label always stay. A `memo`
-    kept between calls with the same view reuses the families whose series are equal."""
-    memo = memo or Memo()
-    sources = snapshot.series
-    airflow = [memo.prepare(spec, sources.get(spec.name, {}), view)
-               for spec in (*AIRFLOW, *view.business)]
-    placeholder = bridge_health.series(snapshot.health, 0)
-    reserve = sum(len(_prepare(spec, placeholder.get(spec.name) or sources.get(spec.name, {}),
-                               view).series) for spec in BRIDGE)
-    kept = _kept(airflow, view.max_series - reserve)
-    dropped = sum(len(f.series) for f in airflow) - sum(kept)
-    health = bridge_health.series(snapshot.health, dropped)
-    own = [_prepare(spec, health.get(spec.name) or sources.get(spec.name, {}), view)
-           for spec in BRIDGE]
-    return ([_family(f, len(f.series), view.interval) for f in own]
-            + [memo.family(f, n, view.interval) for f, n in zip(airflow, kept, strict=True)],
-            dropped)
+    left out (see `build`)."""
+    built = build(snapshot, view, memo)
+    return built.families, built.dropped
 
 
 def _le(bound: float) -> str:
@@ -285,6 +477,7 @@ class SnapshotCollector(Collector):
         self._rendered: dict[str, bytes] = {}
         self._encoder = Encoder()  # keeps what it rendered last, to reuse what is unchanged
         self._memo = Memo()  # likewise for the families built from the snapshot
+        self._shed: tuple[str, ...] = ()  # what the last snapshot shed, logged on change
 
     def publish(self, snapshot: Snapshot) -> int:
         """Make `snapshot` what scrapes see; returns the number of series left out.
@@ -292,8 +485,9 @@ class SnapshotCollector(Collector):
         Both exposition formats, plain and gzipped, are rendered here by the encoder, in
         the refresh thread, so that a scrape only hands over bytes.
         """
-        families, dropped = build_families(snapshot, self.view, self._memo)
-        frozen = tuple(families)
+        built = build(snapshot, self.view, self._memo)
+        self._log_shed(built)
+        frozen = tuple(built.families)
         out = self._encoder.render(frozen)
         text_type, openmetrics_type = (choose_encoder(a)[1] for a in ("", OPENMETRICS))
         rendered = {text_type: out.text, text_type + GZIP: out.text_gzip,
@@ -302,7 +496,23 @@ class SnapshotCollector(Collector):
         with self._lock:
             self._families = frozen
             self._rendered = rendered
-        return dropped
+        return built.dropped
+
+    def _log_shed(self, built: Families) -> None:
+        """Says which families the cap sheds, once each time that changes."""
+        if built.shed == self._shed:
+            return
+        self._shed = built.shed
+        cap = self.view.max_series
+        if not built.shed:
+            log.info("max_series (%d): every family is served in full again", cap)
+            return
+        how = [name + (" (summed per DAG, without task_id)" if name in built.collapsed
+                       else " (left out)") for name in built.shed]
+        log.warning("max_series (%d) reached: %d series left out by shedding whole families, "
+                    "in this order: %s%s", cap, built.dropped, "; ".join(how),
+                    f"; the families always served still exceed it by {built.over}"
+                    if built.over else "")
 
     def rendered(self, key: str, render: Callable[[Collector], bytes]) -> bytes:
         """The snapshot rendered by `render`, computed once per snapshot and `key`."""

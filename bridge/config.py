@@ -31,6 +31,9 @@ DEFAULT_DAG_RUN_BUCKETS = (
 DEFAULT_DELAY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 DEFAULT_TASK_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
                         21600.0)
+# Label sets served before the cap sheds per-task families: the defaults at 2,000 DAGs x 30
+# tasks (about 105,000) with room to spare; see the README's "Large installations".
+DEFAULT_MAX_SERIES = 150_000
 SECRET = "<secret>"
 HISTOGRAM_PREFIX = "airflow_"  # histograms.<key> sets the buckets of airflow_<key>
 
@@ -125,7 +128,8 @@ class ConfigModel(_Model):
     histograms: HistogramsModel = HistogramsModel()
     dags: DagsModel = DagsModel()
     task_id_label: bool = True
-    max_series: int = Field(default=20_000, ge=100)
+    max_series: int = Field(default=DEFAULT_MAX_SERIES, ge=100)
+    task_duration_buckets_dags: tuple[str, ...] = ()
     metrics_file: str | None = None
     web_config_file: str | None = None
     xcom_max_bytes: int = Field(default=1_048_576, ge=1024)
@@ -158,6 +162,7 @@ class Settings:
     forget_after: float  # a DAG gone from the metadata DB this long is no longer served
     task_id_label: bool
     max_series: int
+    task_duration_buckets_dags: tuple[str, ...]  # DAG patterns: task durations per task
     metrics_file: str | None
     web_config_file: str | None  # TLS and basic auth for /metrics, exporter-toolkit format
     xcom_max_bytes: int
@@ -202,6 +207,7 @@ class Settings:
                      "forget_after": self.forget_after},
             "task_id_label": self.task_id_label,
             "max_series": self.max_series,
+            "task_duration_buckets_dags": list(self.task_duration_buckets_dags),
             "metrics_file": self.metrics_file,
             "web_config_file": self.web_config_file,
             "xcom_max_bytes": self.xcom_max_bytes,
@@ -389,6 +395,7 @@ def _settings(model: ConfigModel, source: str, base: Path | None,
         forget_after=model.dags.forget_after,
         task_id_label=model.task_id_label,
         max_series=model.max_series,
+        task_duration_buckets_dags=model.task_duration_buckets_dags,
         metrics_file=metrics_file,
         web_config_file=_relative_to(model.web_config_file, base) if model.web_config_file
         else None,

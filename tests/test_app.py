@@ -226,21 +226,25 @@ def test_series_dropped_is_what_the_cap_leaves_out_now(
     writer.finish_run(run, "success", T0 + timedelta(minutes=10))
     bridge = make_bridge(airflow_db.url, max_series=100)
     scrape = bridge.cycle()
-    # 120 finished counters and 120 duration histograms are the per-task series; the rest:
-    # 4 run families, 2 + 2 gauges of now, the queued-time histogram, pool slots of the
-    # default pool, import errors, and 6 health series.
+    # 120 finished counters are the per-task series (task durations are served per DAG);
+    # the rest: 4 run families, 2 + 2 gauges of now, the queued-time histogram, the task
+    # duration summary, pool slots of the default pool, import errors, 6 health series and
+    # one airflow_bridge_family_shed series per per-task family (finished, retries).
     assert len(scrape.series("airflow_pool_slots")) == 5
-    small = 4 + 4 + 1 + 5 + 1 + 6
-    # 79 places left for 240 per-task series: 161 dropped, the histograms first (equal in
-    # size, by name), then the finished counters from the end of the label order.
-    assert scrape.value("airflow_bridge_series_dropped") == 240 - (100 - small) == 161
-    assert scrape.series("airflow_task_instance_duration_seconds_count") == {}
-    assert {dict(labels)["task_id"] for labels in
-            scrape.series("airflow_task_instance_finished_total")} == set(names[:79])
+    small = 4 + 4 + 1 + 1 + 5 + 1 + 6 + 2
+    assert small + 120 > 100
+    # The cap sheds the family whole: served summed per DAG (1 series), 119 left out.
+    assert scrape.value("airflow_bridge_series_dropped") == 119
+    assert scrape.series("airflow_task_instance_finished_total") == {
+        frozenset({("dag_id", "wide"), ("state", "success")}): 120}
+    assert scrape.value("airflow_bridge_family_shed",
+                        metric="airflow_task_instance_finished_total") == 1
+    assert scrape.value("airflow_bridge_family_shed",
+                        metric="airflow_task_instance_retries_total") == 0
     assert scrape.value("airflow_dag_run_finished_total", dag_id="wide", state="success",
                         run_type="scheduled") == 1
     again = bridge.cycle()
-    assert again.value("airflow_bridge_series_dropped") == 161, \
+    assert again.value("airflow_bridge_series_dropped") == 119, \
         "a gauge of the current snapshot, not added up over cycles"
 
 

@@ -151,3 +151,19 @@ def test_errors_suggest_the_key_meant_and_what_to_write(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="xyzzy: unknown key; known keys here") as far:
         config.load(path, {})
     assert "did you mean" not in str(far.value)
+
+
+def test_cardinality_defaults_and_per_task_duration_buckets(tmp_path: Path) -> None:
+    """Defaults sized for wide Airflows; per-task duration buckets are opt-in by pattern."""
+    settings = config.load(None, {})
+    assert (settings.max_series, settings.task_id_label) == (150_000, True)
+    assert settings.task_duration_buckets_dags == ()
+    path = tmp_path / "bridge.yaml"
+    path.write_text("task_duration_buckets_dags: [etl_*, report]\nmax_series: 5000\n")
+    settings = config.load(path, {})
+    assert settings.task_duration_buckets_dags == ("etl_*", "report")
+    assert settings.max_series == 5000
+    assert settings.redacted()["task_duration_buckets_dags"] == ["etl_*", "report"]
+    path.write_text("task_duration_buckets_dags: etl_*\n")
+    with pytest.raises(ConfigError, match="task_duration_buckets_dags: .*write a list"):
+        config.load(path, {})

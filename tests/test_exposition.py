@@ -452,7 +452,8 @@ def test_gzip_is_one_member_that_gzip_decodes(tmp_path: Path) -> None:
 
 def test_prometheus_scrapes_both_formats_plain_and_gzipped(tmp_path: Path) -> None:
     """A real Prometheus reads every sample of each body, gzip included."""
-    families, _ = build_families(snapshot(4, 5, 3.0), View(10, max_series=1000))
+    families, _ = build_families(snapshot(4, 5, 3.0),
+                                 View(10, max_series=1000, task_duration_buckets_dags=("*",)))
     tricky = GaugeMetricFamily("tricky", 'HELP "quoted" \\ and\nnewline', labels=["v"])
     for i, value in enumerate(('say "hi"', "back\\slash", "line\nbreak", "é日本")):
         tricky.add_metric([value], float(i) + 0.5)
@@ -500,7 +501,7 @@ def test_prometheus_scrapes_both_formats_plain_and_gzipped(tmp_path: Path) -> No
                 assert prom.value(f'tricky{{job="{job}",v="line\\nbreak"}}') == 2.5
                 assert prom.value(f'tricky{{job="{job}",v="é日本"}}') == 3.5
                 assert prom.value(
-                    f'airflow_task_instance_duration_seconds_bucket{{job="{job}",'
+                    f'airflow_task_instance_duration_by_task_seconds_bucket{{job="{job}",'
                     'dag_id="dag_3",task_id="t4",state="success",le="60.0"}') == 6
     finally:
         server.shutdown()
