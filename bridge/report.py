@@ -163,7 +163,8 @@ def business_latest(conn: Connection, start: datetime | None,
     latest = metric_latest.c
     series: list[tuple[str, str, float, str, datetime | None]] = [
         (metric, labels, value, "gauge", as_of) for metric, labels, as_of, value in
-        conn.execute(select(latest.metric, latest.labels, latest.as_of, latest.value))]
+        conn.execute(select(latest.metric, latest.labels, latest.as_of, latest.value)
+                     .where(~latest.absent))]
     counter = metric_counter.c
     for metric, labels, value in conn.execute(
             select(counter.metric, counter.labels, counter.value)):

@@ -80,6 +80,41 @@ def finished_run(db: AirflowDb, tasks: TaskWriter, task_ids: list[str], day: int
     return run
 
 
+def test_gauge_goes_absent_from_a_run_with_an_unusable_value_until_a_usable_one(
+        airflow_db: AirflowDb, make_bridge: BridgeFactory, tmp_path: Path) -> None:
+    """The newest run's value or nothing: a gauge never presents an older run's number as
+    the latest. A failed run that pushed nothing is not a value, and leaves the last one."""
+    tasks = TaskWriter(airflow_db.writer)
+    metrics = definitions(tmp_path, {"name": "mape", "type": "gauge", "task_id": "evaluate",
+                                     "path": "mape"})
+    bridge = make_bridge(airflow_db.url, metrics_file=metrics)
+    day = iter(range(10))
+
+    def run(value: object | None, state: str = "success") -> Scrape:
+        if state == "success":
+            push_xcom(tasks, finished_run(airflow_db, tasks, ["evaluate"], day=next(day)),
+                      "evaluate", value)
+        else:
+            airflow_db.writer.complete_run("pipe", logical_date=T0 + timedelta(days=next(day)),
+                                           state=state)
+        return bridge.cycle()
+
+    assert run({"mape": 0.2}).value("mape") == 0.2
+    unusable = run({"mape": "nan"})
+    assert unusable.value("mape") is None
+    assert unusable.series(ERRORS) == {
+        frozenset({("metric", "mape"), ("reason", "not_finite")}): 1.0}
+    assert run(None, state="failed").value("mape") is None, "still absent"
+    bridge.close()
+    bridge = make_bridge(airflow_db.url, metrics_file=metrics)  # the same cache
+    assert bridge.scrape().value("mape") is None, "absent after a restart too"
+    assert run({"mape": 0.3}).value("mape") == 0.3
+    assert run(None, state="failed").value("mape") == 0.3, "nothing pushed: the last value"
+    report = bridge.cache.engine.connect().exec_driver_sql(
+        "SELECT metric, value FROM report_latest_business_values").fetchall()
+    assert [tuple(row) for row in report] == [("mape", 0.3)]
+
+
 def test_hostile_values_are_counted_and_never_served(airflow_db: AirflowDb,
                                                      make_bridge: BridgeFactory,
                                                      tmp_path: Path) -> None:

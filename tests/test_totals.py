@@ -71,13 +71,15 @@ def test_held_totals_equal_a_fresh_read_and_only_other_bridges_changes_are_read(
                      (("state", "success"), ("dag_id", "dag_7")), 1000.0)
         tx.latest("bike_r2", (), 0.5, datetime(2026, 1, 2))
         tx.latest("bike_r2", (), 0.1, datetime(2026, 1, 1))
+        tx.latest("bike_mape", (), None, datetime(2026, 1, 2))  # no usable value
+        tx.latest("bike_mape", (), 0.4, datetime(2026, 1, 1))
 
     # The second bridge learns the first one's 50 label sets: 50 counters, 50 histograms
     # and their 50 buckets; then its own cycle, applied in memory.
     assert cycle(cache, two, fold_one) == 150
     # The first bridge reads only what the second changed, not the 150 rows it holds: a
-    # counter, a gauge, a latest value, a histogram and both its buckets (10 and 60).
-    assert cycle(cache, one, lambda tx: None) == 6
+    # counter, a gauge, two latest values, a histogram and both its buckets (10 and 60).
+    assert cycle(cache, one, lambda tx: None) == 7
     fresh = loaded(cache, bounds)
     for totals in (one, two):
         assert totals.counters == fresh.counters
@@ -86,6 +88,7 @@ def test_held_totals_equal_a_fresh_read_and_only_other_bridges_changes_are_read(
         assert totals.dags == {f"dag_{d}" for d in range(50)}
     assert one.counters[FINISHED][labels("dag_7")] == 3.0
     assert one.gauges["bike_r2"][()] == 0.5, "the newest as_of wins, in any order"
+    assert () not in one.gauges["bike_mape"], "the newest run gave no value: absent"
     assert one.histograms[DURATION][labels("dag_7")] == HistogramValue(
         ((10.0, 1.0), (60.0, 2.0), (INF, 2.0)), 35.0, 2.0)
     assert cycle(cache, one, lambda tx: None) == 0, "an idle cycle reads nothing back"

@@ -165,8 +165,9 @@ class CacheTransaction:
     def gauge_max(self, metric: str, labels: Labels, value: float) -> None:
         self.increments.keep_max(metric, tuple(sorted(labels)), value)
 
-    def latest(self, metric: str, labels: Labels, value: float, as_of: datetime) -> None:
-        """A gauge that keeps the value of the newest `as_of`, whatever the folding order."""
+    def latest(self, metric: str, labels: Labels, value: float | None, as_of: datetime) -> None:
+        """A gauge that keeps the value of the newest `as_of`, whatever the folding order;
+        None: the run of `as_of` gave no usable value, and the series goes absent."""
         self.increments.keep_latest(metric, tuple(sorted(labels)), value, as_of)
 
     def observe(self, metric: str, labels: Labels, value: float, bounds: Sequence[float]) -> None:
@@ -210,9 +211,10 @@ class CacheTransaction:
         self._execute(stmt.on_conflict_do_update(
             index_elements=["metric", "labels"],
             set_={"as_of": stmt.excluded.as_of, "value": stmt.excluded.value,
-                  "seq": stmt.excluded.seq},
+                  "absent": stmt.excluded.absent, "seq": stmt.excluded.seq},
             where=metric_latest.c.as_of <= stmt.excluded.as_of),
-            [{"metric": m, "labels": enc(labels), "as_of": as_of, "value": value, "seq": seq}
+            [{"metric": m, "labels": enc(labels), "as_of": as_of, "value": value or 0.0,
+              "absent": value is None, "seq": seq}
              for (m, labels), (as_of, value) in inc.latest.items()])
 
     def _bulk(self, table: Table, rows: list[dict[str, Any]], added: Sequence[str]) -> None:

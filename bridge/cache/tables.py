@@ -10,6 +10,7 @@ import json
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 from bridge.metric import Labels
@@ -104,6 +106,7 @@ metric_latest = Table(
     Column("as_of", DateTime, nullable=False),
     Column("value", Float, nullable=False),
     Column("seq", BigInteger, nullable=False, server_default="0"),
+    Column("absent", Boolean, nullable=False, server_default=false()),
     Index("ix_metric_latest_seq", "seq"),
 )
 metric_counter = Table(

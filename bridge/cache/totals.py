@@ -61,7 +61,9 @@ class Increments:
 
     counters: dict[tuple[str, Labels], float] = field(default_factory=lambda: defaultdict(float))
     gauges_max: dict[tuple[str, Labels], float] = field(default_factory=dict)
-    latest: dict[tuple[str, Labels], tuple[datetime, float]] = field(default_factory=dict)
+    # A latest value of None: the newest run gave no usable value, the series goes absent.
+    latest: dict[tuple[str, Labels], tuple[datetime, float | None]] = field(
+        default_factory=dict)
     histograms: dict[tuple[str, Labels], RawHistogram] = field(
         default_factory=lambda: defaultdict(RawHistogram))
 
@@ -81,7 +83,8 @@ class Increments:
         key = (metric, labels)
         self.gauges_max[key] = max(value, self.gauges_max.get(key, value))
 
-    def keep_latest(self, metric: str, labels: Labels, value: float, as_of: datetime) -> None:
+    def keep_latest(self, metric: str, labels: Labels, value: float | None,
+                    as_of: datetime) -> None:
         key = (metric, labels)
         if key not in self.latest or self.latest[key][0] <= as_of:
             self.latest[key] = (as_of, value)
@@ -94,7 +97,7 @@ class Changes:
     seq: int  # the newest change sequence these rows cover
     counters: tuple[tuple[str, Labels, float], ...] = ()
     gauges: tuple[tuple[str, Labels, float], ...] = ()
-    latest: tuple[tuple[str, Labels, datetime, float], ...] = ()
+    latest: tuple[tuple[str, Labels, datetime, float | None], ...] = ()  # None: absent
     histograms: tuple[tuple[str, Labels, RawHistogram], ...] = ()
     rows: int = 0  # read from the cache to learn them
 
@@ -129,23 +132,24 @@ def read_changes(conn: Connection, since: int | None, codec: LabelCodec) -> Chan
     if since is not None and seq <= since:
         return Changes(seq)
 
-    def newer(table: Any) -> Any:
-        stmt = select(table)
+    def newer(table: Any, *columns: str) -> Any:
+        stmt = select(table.c.metric, table.c.labels, *(table.c[c] for c in columns))
         return stmt if since is None else stmt.where(table.c.seq > since)
 
     rows = 0
     counters, gauges, latest = [], [], []
-    for metric, labels, value, _ in conn.execute(newer(metric_counter)):
+    for metric, labels, value in conn.execute(newer(metric_counter, "value")):
         counters.append((metric, codec.decode(labels), float(value)))
-    for metric, labels, value, _ in conn.execute(newer(metric_gauge)):
+    for metric, labels, value in conn.execute(newer(metric_gauge, "value")):
         gauges.append((metric, codec.decode(labels), float(value)))
-    for metric, labels, as_of, value, _ in conn.execute(newer(metric_latest)):
-        latest.append((metric, codec.decode(labels), as_of, float(value)))
+    for metric, labels, as_of, value, absent in conn.execute(
+            newer(metric_latest, "as_of", "value", "absent")):
+        latest.append((metric, codec.decode(labels), as_of, None if absent else float(value)))
     rows += len(counters) + len(gauges) + len(latest)
     # A histogram's changed buckets come with its changed sum and count; every bucket of
     # such a histogram is read, so its cumulative counts can be built again.
     hists: dict[tuple[str, str], RawHistogram] = {}
-    for metric, labels, total, count, _ in conn.execute(newer(metric_histogram)):
+    for metric, labels, total, count in conn.execute(newer(metric_histogram, "sum", "count")):
         hists[(metric, labels)] = RawHistogram(float(total), float(count))
     bucket = metric_histogram_bucket.c
     if since is None:
@@ -210,9 +214,9 @@ class Totals:
             self._see(labels)
         for metric, labels, value in changes.gauges:
             self.gauges[metric][labels] = value
-        for metric, labels, as_of, value in changes.latest:
+        for metric, labels, as_of, latest in changes.latest:
             self._latest_as_of[(metric, labels)] = as_of
-            self.gauges[metric][labels] = value
+            self._set_latest(metric, labels, latest)
         for metric, labels, raw in changes.histograms:
             self.histograms[metric][labels] = self.cumulative(metric, raw)
         self.seq = changes.seq if self.seq is None else max(self.seq, changes.seq)
@@ -233,12 +237,12 @@ class Totals:
             was = family.get(labels)
             family[intern(labels) if was is None else labels] = \
                 value if was is None else max(value, was)
-        for (metric, labels), (as_of, value) in increments.latest.items():
+        for (metric, labels), (as_of, latest) in increments.latest.items():
             known = self._latest_as_of.get((metric, labels))
             if known is None or known <= as_of:
                 labels = intern(labels)
                 self._latest_as_of[(metric, labels)] = as_of
-                self.gauges[metric][labels] = value
+                self._set_latest(metric, labels, latest)
         for (metric, labels), added in increments.histograms.items():
             # Increments are observed at the configured bounds, so their cumulative counts
             # add to the held ones bound by bound.
@@ -283,6 +287,12 @@ class Totals:
         pairs = self._bucket_pairs
         return HistogramValue(tuple([pairs.setdefault(pair, pair) for pair in buckets]),
                               total, count)
+
+    def _set_latest(self, metric: str, labels: Labels, value: float | None) -> None:
+        if value is None:
+            self.gauges[metric].pop(labels, None)
+        else:
+            self.gauges[metric][labels] = value
 
     def _see(self, labels: Labels) -> None:
         for name, value in labels:

@@ -91,7 +91,22 @@ class BusinessStage:
                 for labels, value in samples:
                     self._fold(tx, definition, run, labels, value)
                     values += 1
+                if failures and not samples:
+                    self._unusable(tx, definition, run)
         return BusinessDelta(values, errors)
+
+    @staticmethod
+    def _unusable(tx: CacheTransaction, definition: MetricDefinition, run: DagRun) -> None:
+        """A gauge whose newest run gave no usable value goes absent until a run gives one:
+        serving an older run's number as the latest would be a lie. Only a gauge whose one
+        series is known without a value (no label from the value or a map index) can."""
+        if definition.kind != "gauge" or definition.value_label is not None or \
+                definition.mapped == "each":
+            return
+        as_of = naive_utc(run.end_date) or naive_utc(run.start_date) or \
+            naive_utc(run.logical_date)
+        if as_of is not None:
+            tx.latest(definition.name, tuple(sorted(definition.labels)), None, as_of)
 
     def _samples(self, definition: MetricDefinition,
                  rows: list[StoredXcom],
