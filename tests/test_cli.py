@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from bridge.cache.database import migrations_path
 from tests.conftest import AirflowDb
@@ -47,7 +48,7 @@ def make_role(pg: Postgres, airflow_db: AirflowDb) -> Iterator[MakeRole]:
 def test_check_passes_with_a_read_only_role(airflow_db: AirflowDb, make_role: MakeRole,
                                             tmp_path: Path) -> None:
     url = make_role()
-    role = url.split("://")[1].split("@")[0]
+    role = make_url(url).username
     env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url}
     result = run_cli("check", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -63,7 +64,7 @@ def test_check_passes_with_a_read_only_role(airflow_db: AirflowDb, make_role: Ma
 def test_check_lists_what_a_role_could_write_beyond_the_tables_it_reads(
         airflow_db: AirflowDb, make_role: MakeRole, tmp_path: Path) -> None:
     url = make_role("GRANT UPDATE ON variable TO {role}", "GRANT DELETE ON connection TO {role}")
-    role = url.split("://")[1].split("@")[0]
+    role = make_url(url).username
     env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url}
     result = run_cli("check", env=env, cwd=tmp_path)
     assert result.returncode == 1
@@ -85,7 +86,7 @@ def test_check_rejects_the_superuser(airflow_db: AirflowDb, tmp_path: Path) -> N
 def test_refresh_refuses_a_role_that_can_write_unless_allowed(
         airflow_db: AirflowDb, make_role: MakeRole, tmp_path: Path) -> None:
     url = make_role("ALTER TABLE variable OWNER TO {role}")
-    role = url.split("://")[1].split("@")[0]
+    role = make_url(url).username
     env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url}
     airflow_db.writer.complete_run("etl", logical_date=T0)
     refused = run_cli("refresh", "--once", "--print", env=env, cwd=tmp_path)
