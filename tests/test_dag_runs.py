@@ -345,3 +345,33 @@ def test_alive_dag_serves_its_run_counters_at_zero_before_its_first_finish(
     assert scrape.series("airflow_task_instances") == {
         frozenset({("dag_id", "quiet"), ("state", state)}): 0.0
         for state in ("queued", "running")}
+
+
+@pytest.mark.parametrize("lookback", ["0", "all"])
+def test_id_in_flight_at_first_start_cleared_and_finished_again_counts_twice(
+        airflow_db: AirflowDb, pg: Postgres, make_bridge: BridgeFactory, lookback: str) -> None:
+    """A run still uncommitted at the first start lands below the reconcile window's
+    first id (and, with lookback 0, below the backfill's start): once it has appeared,
+    a clear and a second finish between two cycles must still be re-read."""
+    af = airflow_db.writer
+    now = datetime.now(UTC).replace(microsecond=0)
+    with psycopg.connect(pg.libpq(airflow_db.name)) as slow:
+        in_flight = af.insert_run(slow, "etl", run_type="scheduled",
+                                  logical_date=now - timedelta(minutes=30), state="running",
+                                  queued_at=now - timedelta(minutes=30),
+                                  start_date=now - timedelta(minutes=29))
+        later = af.create_run("etl", logical_date=now - timedelta(minutes=20),
+                              at=now - timedelta(minutes=20))
+        assert later > in_flight
+        bridge = make_bridge(airflow_db.url, lookback=lookback)
+        bridge.cycle()
+        slow.execute("UPDATE dag_run SET state = 'success', end_date = %s WHERE id = %s",
+                     (now - timedelta(minutes=10), in_flight))
+    assert finished(bridge.cycle(), "etl", "success") == 1
+    af.clear_run(in_flight, now - timedelta(minutes=6))
+    af.start_run(in_flight, now - timedelta(minutes=5))
+    af.finish_run(in_flight, "failed", now - timedelta(minutes=4))
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert finished(scrape, "etl", "success") == 1
+        assert finished(scrape, "etl", "failed") == 1, "the second finish was not re-read"

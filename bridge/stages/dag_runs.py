@@ -191,7 +191,8 @@ class DagRunStage:
 
         # 4. runs that finished again after a clear, entirely between two cycles.
         if caught_up:
-            finished += self._fold(tx, self._recently_finished(reader, tx, now), now)
+            finished += self._fold(
+                tx, self._recently_finished(reader, tx, now, gaps, appeared), now)
 
         tx.replace_tracked_runs((r.id, r.dag_id, r.run_id, str(r.state)) for r in active.values())
         tx.replace_id_gaps(gaps)
@@ -221,22 +222,32 @@ class DagRunStage:
         log.info("first start: backfill %s", progress)
         return progress
 
-    def _recently_finished(self, reader: Reader, tx: CacheTransaction,
-                           now: datetime) -> list[DagRun]:
+    def _recently_finished(self, reader: Reader, tx: CacheTransaction, now: datetime,
+                           gaps: dict[int, datetime], appeared: list[DagRun]) -> list[DagRun]:
+        """Runs of the reconcile window that ended since the previous cycle.
+
+        The window's first id comes from a binary search over committed ids (hourly), and
+        runs older than the first start's lookback are left out. Neither can see an id
+        still in flight: the floor is never above an id still looked for as a gap, nor,
+        until the next search, above one that appeared late, so such a run is re-read
+        like the others.
+        """
         floor_at = tx.get_state(STATE_RECONCILE_FLOOR_AT)
-        floor = tx.get_state(STATE_RECONCILE_FLOOR)
-        if floor is None or floor_at is None or \
+        stored = tx.get_state(STATE_RECONCILE_FLOOR)
+        if stored is None or floor_at is None or \
                 now - datetime.fromisoformat(floor_at) >= RECONCILE_FLOOR_EVERY:
             window = timedelta(seconds=self.settings.reconcile_window)
-            floor = str(reader.first_run_id_since(aware_utc(now - window)))
-            tx.set_state(STATE_RECONCILE_FLOOR, floor)
+            floor = max(reader.first_run_id_since(aware_utc(now - window)),
+                        int(tx.get_state(STATE_BACKFILL_START) or 0) + 1)
             tx.set_state(STATE_RECONCILE_FLOOR_AT, now.isoformat())
-        # Runs older than the first start's lookback are not counted here either.
-        floor = str(max(int(floor), int(tx.get_state(STATE_BACKFILL_START) or 0) + 1))
+        else:
+            floor = int(stored)
+        floor = min([floor, *gaps, *(run.id for run in appeared)])
+        tx.set_state(STATE_RECONCILE_FLOOR, str(floor))
         previous = tx.get_state(STATE_RECONCILED_AT)
         since = (datetime.fromisoformat(previous) if previous else now) - RECONCILE_SLACK
         tx.set_state(STATE_RECONCILED_AT, now.isoformat())
-        return reader.runs_finished_since(int(floor), aware_utc(since))
+        return reader.runs_finished_since(floor, aware_utc(since))
 
     def _high_water(self, reader: Reader, tx: CacheTransaction, now: datetime,
                     gaps: dict[int, datetime]) -> int:
