@@ -596,7 +596,7 @@ def code_state(root: Path) -> str:
     """`root`'s commit, and its uncommitted changes to the bridge's code, if any."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                              text=True).stdout.strip()
+                              text=True).stdout.rstrip("\n")  # porcelain lines start with a space
 
     changed = git("status", "--porcelain", "--", "bridge", "migrations").splitlines()
     dirty = f" + uncommitted {', '.join(line[3:] for line in changed)}" if changed else ""
