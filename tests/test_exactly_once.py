@@ -448,11 +448,11 @@ class Harness:
     def killed_cycle(self, rng: random.Random) -> None:
         """A cycle that dies part-way must leave the cache's totals, and the bridge's,
         as they were."""
-        before = held(self.bridge), self.bridge.scrape().airflow()
+        # The held totals may lag the cache by a replica's cycle until this bridge's next.
+        before = in_cache(self.bridge), held(self.bridge), self.bridge.scrape().airflow()
         assert not self.refresh(kill_at=rng.randint(1, self.statements + 1)), "not killed"
-        after = in_cache(self.bridge), self.bridge.scrape().airflow()
+        after = in_cache(self.bridge), held(self.bridge), self.bridge.scrape().airflow()
         assert after == before, "a killed cycle changed the totals"
-        assert held(self.bridge) == before[0], "a killed cycle changed the held totals"
 
     def replica_cycle(self) -> None:
         """A second bridge sharing the cache runs a cycle: what it folds reaches this

@@ -305,6 +305,31 @@ def test_cleared_task_failing_upstream_again_without_a_new_try_counts_again(
                             run_type="scheduled") == 2
 
 
+def test_tasks_cleared_in_a_running_run_count_again_without_a_clear_number(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
+    """Clearing tasks of a run that is still running leaves the run's clear_number at 0
+    (on Airflow 2 nothing else tells of the clear): a cycle that saw the task reset lets
+    its next outcome count, even with the same try number and end date."""
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    tasks.add(run, "extract")
+    tasks.add(run, "load")
+    end = tasks.run_try(run, "extract", "failed", T0 + timedelta(minutes=2))
+    tasks.set(run, "load", "upstream_failed", end)
+    scrape = bridge.cycle()
+    assert (ti(scrape, "extract", "failed"), ti(scrape, "load", "upstream_failed")) == (1, 1)
+    tasks.next_try(run, "extract")  # cleared: the run stays running, clear_number 0
+    tasks.clear_task(run, "load")
+    scrape = bridge.cycle()  # the tasks reset
+    assert ti(scrape, "load", "upstream_failed") == 1
+    tasks.run_try(run, "extract", "failed", end + timedelta(minutes=1))
+    tasks.set(run, "load", "upstream_failed", end)  # the same try and end date as before
+    for _ in range(2):
+        scrape = bridge.cycle()
+        assert ti(scrape, "extract", "failed") == 2
+        assert ti(scrape, "load", "upstream_failed") == 2, "the second outcome was dropped"
+
+
 @pytest.mark.parametrize("second", ["upstream_failed", "success"])
 def test_clear_and_an_outcome_with_the_same_try_and_end_between_two_cycles(
         airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory,

@@ -113,10 +113,14 @@ class TaskInstanceStage:
                         runs: dict[tuple[str, str], DagRun]) -> None:
         """Tries seen reset after their outcome was folded were cleared: their next outcome
         counts again, even when it keeps the try number and end date (upstream_failed or
-        skipped again). Only runs that were ever cleared are looked at."""
+        skipped again). On Airflow 2 the reset is all there is to see (clearing tasks of a
+        running run leaves its clear_number at 0), so every reset try looks (one lookup by
+        run for the batch; a task set upstream_failed never ran and has try 0); on 3.x
+        a clear renews the task instance id, part of the fold key, and only runs that were
+        ever cleared look (for outcomes folded before keys had ids)."""
         cleared = [(runs[(ti.dag_id, ti.run_id)].id, ti.task_id, ti.map_index, ti.try_number)
                    for ti in instances if ti.state in RESET_STATES
-                   and runs[(ti.dag_id, ti.run_id)].clear_number != 0]
+                   and (ti.ti_id is None or runs[(ti.dag_id, ti.run_id)].clear_number != 0)]
         if cleared:
             tx.reopen(task_instance_finished, cleared)
 
