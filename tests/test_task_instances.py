@@ -59,7 +59,8 @@ def test_retries_then_success(airflow_db: AirflowDb, tasks: TaskWriter,
                             state="success") == 30
         assert scrape.value("airflow_task_instance_queued_seconds_count", dag_id="etl") == 1
         assert scrape.value("airflow_task_instance_queued_seconds_sum", dag_id="etl") == 3
-        assert scrape.value("airflow_task_instances", dag_id="etl", state="up_for_retry") is None, "not zero-filled"
+        assert scrape.value("airflow_task_instances", dag_id="etl",
+                            state="up_for_retry") is None, "not zero-filled"
 
 
 def test_retries_exhausted_and_branches(airflow_db: AirflowDb, tasks: TaskWriter,
@@ -124,7 +125,26 @@ def test_mapped_and_deferred_tasks(airflow_db: AirflowDb, tasks: TaskWriter,
     scrape = bridge.cycle()
     assert ti(scrape, "score", "success") == 3
     assert ti(scrape, "wait_sensor", "success") == 1
-    assert scrape.value("airflow_task_instances", dag_id="etl", state="deferred") is None, "not zero-filled"
+    assert scrape.value("airflow_task_instances", dag_id="etl", state="deferred") is None, \
+        "not zero-filled"
+
+
+def test_every_state_that_is_not_final_is_work_of_now(
+        airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
+    """TaskInstanceState of every supported release, final states aside: a task waiting
+    for a human (3.3), one restarting after a clear while it ran, ... each is counted."""
+    not_final = ("scheduled", "queued", "running", "restarting", "deferred", "up_for_retry",
+                 "up_for_reschedule", "awaiting_input", "shutdown")
+    bridge = make_bridge(airflow_db.url)
+    run = running_run(airflow_db)
+    for state in not_final:
+        tasks.add(run, f"t_{state}")
+        tasks.set(run, f"t_{state}", state, T0 + timedelta(minutes=2))
+    scrape = bridge.cycle()
+    assert {dict(labels)["state"]: value
+            for labels, value in scrape.series("airflow_task_instances").items()} == \
+        dict.fromkeys(not_final, 1.0)
+    assert scrape.series(TI_FINISHED) == {}
 
 
 def test_task_cleared_in_an_old_finished_run(airflow_db: AirflowDb, tasks: TaskWriter,

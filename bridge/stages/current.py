@@ -42,8 +42,11 @@ DAG_INFO = MetricSpec(
 SPECS = (ACTIVE_RUNS, TASK_INSTANCES, POOL_SLOTS, HEARTBEAT, DAG_PAUSED, IMPORT_ERRORS, DAG_INFO)
 MAX_INFO_LABEL = 200  # owners and tags are free text in Airflow
 
-TASK_STATES_NOW = ("scheduled", "queued", "running", "deferred", "up_for_retry",
-                   "up_for_reschedule")
+# Every state of TaskInstanceState that is not final, on every supported release:
+# `restarting` (cleared while running), `shutdown` (2.x, deprecated), `awaiting_input`
+# (3.3: parked for a human's answer).
+TASK_STATES_NOW = ("scheduled", "queued", "running", "restarting", "deferred", "up_for_retry",
+                   "up_for_reschedule", "awaiting_input", "shutdown")
 ZERO_FILLED_TASK_STATES = ("queued", "running")
 POOL_STATES = ("running", "queued", "deferred")
 
