@@ -23,6 +23,11 @@ def pg() -> Iterator[postgres.Postgres]:
     yield server
 
 
+def pytest_sessionfinish() -> None:
+    """After the last fixture: no embedded server, nor its data directory, is left behind."""
+    postgres.stop_embedded()
+
+
 @pytest.fixture(scope="session")
 def airflow_templates(pg: postgres.Postgres) -> Iterator[dict[str, str]]:
     templates = postgres.Templates(pg)

