@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from bisect import insort
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from itertools import compress
 from math import fsum
-from operator import itemgetter
+from operator import itemgetter, not_
 from typing import Any, Literal, cast
 
 from prometheus_client.core import (
@@ -204,7 +206,7 @@ def _prepare(plan: _Plan, series: Series, view: View) -> tuple[_Prepared, Groups
         return _Prepared(plan, tuple(sorted(rows.items()))), None
     groups: Groups = {}
     for labels in rows:
-        groups.setdefault(tuple([p for p in labels if p[0] != TASK_ID]), []).append(labels)
+        groups.setdefault(_summed_key(labels), []).append(labels)
     summed = {key: _total(plan.shape, [rows[k] for k in members])
               for key, members in groups.items()}
     return _Prepared(plan, tuple(sorted(summed.items()))), groups
@@ -228,6 +230,8 @@ def _total(shape: Shape, values: list[Value]) -> Value:
     return HistogramValue(tuple(sorted((le, fsum(ns)) for le, ns in buckets.items())),
                           total_sum, count)
 
+
+_LABELS = itemgetter(0)  # of a (labels, value) row
 
 _KINDS: dict[Kind, Any] = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
                            "histogram": HistogramMetricFamily, "summary": SummaryMetricFamily}
@@ -254,10 +258,7 @@ def _family(prepared: _Prepared, interval: float) -> Metric:
         # exactly the family's names (see _select), sorted; samples list them in the
         # family's order.
         sample_name = family.name + "_total" if plan.kind == "counter" else family.name
-        in_order = sorted(plan.labels)
-        position = [in_order.index(name) for name in plan.labels]
-        pick: Callable[[Labels], Any] = itemgetter(*position) if position != sorted(position) \
-            else _same
+        pick = _picker(plan.labels)
         family.samples.extend([Sample(sample_name, dict(pick(labels)), cast(float, value))
                                for labels, value in rows])
     built: Metric = family
@@ -316,12 +317,19 @@ class Memo:
                 # The same label sets, so the same ones are served, in the same order.
                 old, groups = built.prepared, built.groups
                 if plan.shape == "as_is":
-                    prepared = _Prepared(plan, tuple([(k, series[k]) for k, _ in old.series]))
+                    prepared = _Prepared(plan, _with_values(old, series))
                 elif groups is not None:
                     prepared = _resummed(old, groups, built.source, series)
                 else:
                     prepared, groups = _prepare(plan, series, view)
                 built.before = None  # keep one generation only
+                self._built[plan] = _Built(dict(series), prepared, groups, before=built)
+                return prepared
+            added = series.keys() - built.source.keys()
+            if len(built.source) + len(added) == len(series) and len(added) <= len(series) // 4:
+                # New label sets only (a task's first failure): put them in their place.
+                prepared, groups = _extended(plan, built, series, added, view)
+                built.before = None
                 self._built[plan] = _Built(dict(series), prepared, groups, before=built)
                 return prepared
         prepared, groups = _prepare(plan, series, view)
@@ -346,7 +354,7 @@ def _resummed(old: _Prepared, groups: Groups, before: Mapping[Labels, Value],
               series: Series) -> _Prepared:
     """`old`, a family summed over task_id from `before`, redone for `series`, which has the
     same label sets: only the sums with a changed value among theirs are added up again."""
-    changed = {tuple([p for p in k if p[0] != TASK_ID]) for k, v in series.items()
+    changed = {_summed_key(k) for k, v in series.items()
                if before[k] is not v and before[k] != v}
     changed &= groups.keys()  # of the label sets served
     if not changed:
@@ -358,25 +366,118 @@ def _resummed(old: _Prepared, groups: Groups, before: Mapping[Labels, Value],
     return _Prepared(old.plan, tuple(rows))
 
 
+def _extended(plan: _Plan, built: _Built, series: Series, added: Iterable[Labels],
+              view: View) -> tuple[_Prepared, Groups | None]:
+    """What `built` serves, redone for `series`: its label sets and the `added` ones, put
+    in their sorted places; of a family summed over task_id, only the sums that changed
+    or are new are added up."""
+    old, before = built.prepared, built.source
+    dags = view.task_buckets if plan.shape == "by_task" else None
+    fresh = _select(plan.source, {k: series[k] for k in added}, view, dags)
+    by_labels = itemgetter(0)
+    if built.groups is None:
+        rows = list(_with_values(old, series))
+        for row in sorted(fresh.items()):
+            insort(rows, row, key=by_labels)
+        return _Prepared(plan, tuple(rows)), None
+    groups = dict(built.groups)  # the lists it holds are replaced, never changed
+    changed = {_summed_key(k) for k, v in before.items()
+               if series[k] is not v and series[k] != v}
+    for labels in fresh:
+        key = _summed_key(labels)
+        groups[key] = [*groups.get(key, ()), labels]
+        changed.add(key)
+    rows = list(old.series)
+    where = {key: i for i, (key, _) in enumerate(rows)}
+    new: list[tuple[Labels, Value]] = []
+    for key in changed & groups.keys():
+        row = (key, _total(plan.shape, [series[k] for k in groups[key]]))
+        if key in where:
+            rows[where[key]] = row
+        else:
+            new.append(row)
+    for row in sorted(new):
+        insort(rows, row, key=by_labels)
+    return _Prepared(plan, tuple(rows)), groups
+
+
+def _with_values(old: _Prepared, series: Series) -> tuple[tuple[Labels, Value], ...]:
+    """`old`'s label sets, in its order, with their values in `series`."""
+    keys = list(map(_LABELS, old.series))
+    return tuple(zip(keys, map(series.__getitem__, keys), strict=True))
+
+
+def _summed_key(labels: Labels) -> Labels:
+    return tuple([p for p in labels if p[0] != TASK_ID])
+
+
 def _refilled(family: Metric, old: _Prepared, new: _Prepared) -> Metric:
     """A counter, gauge or summary family like `family` (built from `old`) with the values
-    of `new`, which has the same label sets in the same order: unchanged samples are kept
-    (a summary has two per label set, _count then _sum)."""
+    of `new`, which has the label sets of `old`, and maybe more, in the same order: the
+    samples of unchanged values are kept (a summary has two per label set, _count then
+    _sum), those of new label sets made as add_metric makes them."""
     refilled = Metric(family.name, family.documentation, family.type, family.unit)
-    if family.type != "summary":
-        refilled.samples = [
-            sample if before == after else sample._replace(value=cast(float, after))
-            for sample, (_, before), (_, after)
-            in zip(family.samples, old.series, new.series, strict=True)]
-        return refilled
-    samples = family.samples
-    pairs = zip(samples[::2], samples[1::2], old.series, new.series, strict=True)
+    per_row = 2 if family.type == "summary" else 1
+    make = _row_samples(new.plan, family.name)
+    known = set(map(_LABELS, old.series))
+    fresh = list(compress(range(len(new.series)), map(not_, map(known.__contains__,
+                                                              map(_LABELS, new.series)))))
+    out: list[Sample] = []
+    done = start = 0  # old label sets and new ones gone through
+    for end in (*fresh, len(new.series)):  # known label sets up to a new one (or the end)
+        stretch = end - start
+        out += _kept_or_replaced(family.samples[done * per_row:(done + stretch) * per_row],
+                                 old.series[done:done + stretch], new.series[start:end],
+                                 per_row)
+        done += stretch
+        if end < len(new.series):
+            out += make(*new.series[end])
+        start = end + 1
+    assert done == len(old.series), "new label sets only"
+    refilled.samples = out
+    return refilled
+
+
+def _kept_or_replaced(samples: list[Sample], olds: Iterable[tuple[Labels, Value]],
+                      news: Iterable[tuple[Labels, Value]], per_row: int) -> list[Sample]:
+    """Samples of the same label sets, kept where the value stayed."""
+    if per_row == 1:
+        return [sample if before == after else sample._replace(value=cast(float, after))
+                for sample, (_, before), (_, after) in zip(samples, olds, news, strict=True)]
+    out: list[Sample] = []
+    pairs = zip(samples[::2], samples[1::2], olds, news, strict=True)
     for count, total, (_, before), (_, after) in pairs:
         if before != after:
             value = cast(HistogramValue, after)
             count, total = count._replace(value=value.count), total._replace(value=value.sum)
-        refilled.samples += (count, total)
-    return refilled
+        out += (count, total)
+    return out
+
+
+def _row_samples(plan: _Plan, name: str) -> Callable[[Labels, Value], list[Sample]]:
+    """How one served label set of a counter, gauge or summary becomes its samples, as
+    add_metric makes them (label names in the family's order)."""
+    if plan.kind == "summary":
+        def summary(labels: Labels, value: Value) -> list[Sample]:
+            given = dict(labels)
+            shown = {n: given[n] for n in plan.labels}
+            assert isinstance(value, HistogramValue)
+            return [Sample(name + "_count", shown, value.count),
+                    Sample(name + "_sum", dict(shown), value.sum)]
+        return summary
+    sample_name = name + "_total" if plan.kind == "counter" else name
+    pick = _picker(plan.labels)
+
+    def one(labels: Labels, value: Value) -> list[Sample]:
+        return [Sample(sample_name, dict(pick(labels)), cast(float, value))]
+    return one
+
+
+def _picker(labels: tuple[str, ...]) -> Callable[[Labels], Any]:
+    """From a label set sorted by name, its pairs in the family's order."""
+    in_order = sorted(labels)
+    position = [in_order.index(name) for name in labels]
+    return itemgetter(*position) if position != sorted(position) else _same
 
 
 @dataclass(frozen=True)

@@ -700,3 +700,30 @@ def test_sums_redone_for_a_change_are_those_a_new_collector_adds_up() -> None:
         changed = durations(list(reversed(range(12))), extra)
         collector.publish(changed)
         assert generate_latest(collector) == generate_latest(_fresh(view, changed))
+
+
+def test_new_label_sets_are_put_in_place_and_the_other_samples_kept() -> None:
+    """A task's first failure adds a label set: the families it adds to are not rebuilt,
+    the new series go where a new collector would put them."""
+    snapshot = wide_snapshot(6)
+    series = {name: dict(values) for name, values in snapshot.series.items()}
+    series[DURATION] = {k: HistogramValue(((INF, v),), 2.5 * v, v)
+                        for k, v in series[FINISHED].items()}
+    for view in (View(30), View(30, task_id_label=False),
+                 View(30, task_duration_buckets_dags=("dag_0[2-4]",))):
+        collector = SnapshotCollector(view)
+        collector.publish(Snapshot(series, HEALTH))
+        kept = {f.name: list(f.samples) for f in collector.collect()}
+        grown = {name: dict(values) for name, values in series.items()}
+        for dag in ("dag_03", "dag_05"):
+            new = L(dag_id=dag, state="failed", task_id="t1")
+            grown[FINISHED][new] = 1.0
+            grown[DURATION][new] = HistogramValue(((INF, 1.0),), 7.0, 1.0)
+        grown[FINISHED][L(dag_id="dag_00", state="success", task_id="t0")] = 5.0
+        changed = Snapshot(grown, HEALTH)
+        collector.publish(changed)
+        assert generate_latest(collector) == generate_latest(_fresh(view, changed)), view
+        now = {f.name: f.samples for f in collector.collect()}
+        for name in ("airflow_task_instance_finished", DURATION):
+            same = [s for s in now[name] if any(s is k for k in kept[name])]
+            assert len(same) >= len(kept[name]) - 2, (view, name)
