@@ -291,7 +291,7 @@ def airflow_series(totals: Aggregates, now: Live, forgotten: frozenset[str] = fr
     series: dict[str, Series] = {**totals.counters, **totals.gauges, **totals.histograms,
                                  **current.series(now, known)}
     if now.state is not None:
-        alive = now.state.paused.keys() - forgotten
+        alive = frozenset(now.state.paused.keys() - forgotten)
         series[dag_runs.FINISHED_TOTAL.name] = {
             **dag_runs.finished_at_zero(alive),
             **totals.counters.get(dag_runs.FINISHED_TOTAL.name, {})}

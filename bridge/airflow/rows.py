@@ -29,7 +29,7 @@ class DagRun:
         return self.state in FINISHED_RUN_STATES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskInstance:
     dag_id: str
     task_id: str

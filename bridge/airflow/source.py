@@ -116,7 +116,7 @@ class Reader:
                 "JOIN unnest(CAST(:dags AS varchar[]), CAST(:runs AS varchar[])) "
                 "AS k(dag_id, run_id) ON ti.dag_id = k.dag_id AND ti.run_id = k.run_id",
                 {"dags": [d for d, _ in chunk], "runs": [r for _, r in chunk]})
-            found += [TaskInstance(**row._mapping) for row in rows]
+            found += [TaskInstance(*row) for row in rows]  # type: ignore[call-arg]  # field order
         return found
 
     def failed_tries(self, keys: Sequence[tuple[str, str, str, int]]) -> list[FailedTry]:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from bridge.airflow.rows import DagRun
 from bridge.airflow.source import Reader
@@ -55,8 +56,10 @@ PRESENT_FROM_START = tuple((state, run_type) for run_type in ("scheduled", "manu
                            for state in ("success", "failed"))
 
 
-def finished_at_zero(dags: Iterable[str]) -> dict[Labels, float]:
-    """Zeros of the run counters for `dags`, under their label sets (sorted by name)."""
+@lru_cache(maxsize=2)
+def finished_at_zero(dags: frozenset[str]) -> Mapping[Labels, float]:
+    """Zeros of the run counters for `dags`, under their label sets (sorted by name); the
+    alive DAGs seldom change, so the last result is kept (do not change it)."""
     return {(("dag_id", dag), ("run_type", run_type), ("state", state)): 0.0
             for dag in dags for state, run_type in PRESENT_FROM_START}
 
