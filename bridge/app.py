@@ -134,7 +134,7 @@ class Refresher:
                         cycle = self.dag_runs.run(reader, tx, now)
                         tasks = self.task_instances.run(reader, tx, cycle, now)
                         business = self.business.run(reader, tx, cycle, tasks)
-                        state = reader.current_state()
+                        state = reader.current_state(self._live.state)
                         rows_read = reader.rows_read
                 # Committed: the totals in memory take the same increments as the rows.
                 self.totals.absorb(changes)

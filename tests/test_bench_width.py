@@ -81,9 +81,6 @@ def _idle(widths: dict[int, Width], figure: str) -> dict[int, float | None]:
     return {dags: widths[dags].sides[0].steady["idle"][figure] for dags in WIDTHS}
 
 
-@pytest.mark.xfail(strict=True, reason="every cycle reads all of `dag` and `dag_tag` "
-                   "(Reader.current_state, for airflow_dag_paused and airflow_dag_info): "
-                   "2 rows per DAG")
 def test_an_idle_cycle_reads_as_many_metadata_rows_at_both_widths(
         widths: dict[int, Width]) -> None:
     """With the same active work, an idle cycle's reads do not grow with the DAGs."""

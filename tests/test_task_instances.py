@@ -224,6 +224,19 @@ def test_heartbeats_paused_dags_and_import_errors(airflow_db: AirflowDb, tasks: 
     assert scrape.value("airflow_dag_import_errors") == 1
     # A dead scheduler: no new heartbeat, so the timestamp stays and ages.
     assert bridge.cycle().series("airflow_job_last_heartbeat_timestamp_seconds") == beats
+    # DAG rows are read again only when their digest changes, and then every change shows.
+    rows_idle = bridge.refresher.last_rows_read
+    airflow_db.writer.conn.execute("UPDATE dag SET is_paused = true, owners = 'ml' "
+                                   "WHERE dag_id = 'etl'")
+    airflow_db.writer.conn.execute("DELETE FROM dag_tag WHERE name = 'nightly'")
+    scrape = bridge.cycle()
+    assert scrape.value("airflow_dag_paused", dag_id="etl") == 1
+    assert scrape.series("airflow_dag_info") == {
+        frozenset({("dag_id", "etl"), ("owners", "ml"), ("tags", "team:data")}): 1,
+        frozenset({("dag_id", "old_report"), ("owners", ""), ("tags", "")}): 1}
+    assert bridge.refresher.last_rows_read > rows_idle, "the DAG rows were read again"
+    bridge.cycle()
+    assert bridge.refresher.last_rows_read == rows_idle, "unchanged: one digest row, no DAG rows"
 
 
 def test_captures_are_those_of_the_captured_releases() -> None:

@@ -78,3 +78,6 @@ class CurrentState:
     import_errors: int
     owners: dict[str, str] = field(default_factory=dict)  # dag_id -> `owners` as Airflow keeps it
     tags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dag_id -> sorted tags
+    # A digest of the DAG rows and tags above, computed by the database: while it stays,
+    # they are not read again.
+    dags_digest: str = ""

@@ -155,7 +155,8 @@ class Reader:
             found += [StoredXcom(**row._mapping) for row in rows]
         return found
 
-    def current_state(self) -> CurrentState:
+    def current_state(self, previous: CurrentState | None = None) -> CurrentState:
+        """Pools, heartbeats, import errors, alive DAGs; `previous`: the last cycle's."""
         pools = {str(r.pool): (int(r.slots), bool(r.include_deferred)) for r in self.execute(
             "SELECT pool, coalesce(slots, 0) AS slots, coalesce(include_deferred, false) "
             "AS include_deferred FROM slot_pool WHERE pool IS NOT NULL")}
@@ -169,18 +170,34 @@ class Reader:
                                 f"WHERE job_type = '{job_type}'")
             if rows and rows[0].beat is not None:
                 heartbeats[job_type] = rows[0].beat
-        dags = self.execute(
-            "SELECT dag_id, coalesce(is_paused, false) AS is_paused, coalesce(owners, '') "
-            f"AS owners FROM dag WHERE {self.schema.dag_alive}")
+        errors = int(self.execute("SELECT count(*) AS n FROM import_error")[0].n)
+        paused, owners, tags, digest = self._dags(previous)
+        return CurrentState(pools, usage, heartbeats, paused, errors, owners=owners, tags=tags,
+                            dags_digest=digest)
+
+    def _dags(self, previous: CurrentState | None) -> tuple[
+            dict[str, bool], dict[str, str], dict[str, tuple[str, ...]], str]:
+        """Alive DAGs: paused flag, owners, tags. The database digests them first, so a
+        cycle reads one row, not one per DAG and tag, while none of them changed."""
+        alive = f"FROM dag WHERE {self.schema.dag_alive}"
+        tag_digest = "(SELECT string_agg(dag_id || '/' || name, '|' ORDER BY dag_id, name) " \
+            "FROM dag_tag)" if self.schema.dag_tag_readable else "''"
+        digest = str(self.execute(
+            "SELECT encode(sha256(convert_to(coalesce((SELECT string_agg(dag_id || '/' || "
+            "coalesce(is_paused, false)::text || '/' || coalesce(owners, ''), '|' "
+            f"ORDER BY dag_id) {alive}), '') || '#' || coalesce({tag_digest}, ''), 'UTF8')), "
+            "'hex') AS digest")[0].digest)
+        if previous is not None and previous.dags_digest == digest:
+            return previous.paused, previous.owners, previous.tags, digest
+        dags = self.execute("SELECT dag_id, coalesce(is_paused, false) AS is_paused, "
+                            f"coalesce(owners, '') AS owners {alive}")
         tags: dict[str, list[str]] = {}
         if self.schema.dag_tag_readable:
             for row in self.execute("SELECT dag_id, name FROM dag_tag ORDER BY dag_id, name"):
                 tags.setdefault(str(row.dag_id), []).append(str(row.name))
-        errors = int(self.execute("SELECT count(*) AS n FROM import_error")[0].n)
-        return CurrentState(
-            pools, usage, heartbeats, {str(r.dag_id): bool(r.is_paused) for r in dags}, errors,
-            owners={str(r.dag_id): str(r.owners) for r in dags},
-            tags={dag_id: tuple(names) for dag_id, names in tags.items()})
+        return ({str(r.dag_id): bool(r.is_paused) for r in dags},
+                {str(r.dag_id): str(r.owners) for r in dags},
+                {dag_id: tuple(names) for dag_id, names in tags.items()}, digest)
 
     def max_run_id(self) -> int:
         return int(self.execute("SELECT coalesce(max(id), 0) FROM dag_run")[0][0])
