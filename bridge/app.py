@@ -311,6 +311,8 @@ class Schedule:
         self.refresher = refresher
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._delay = refresher.settings.refresh_interval
+        self._stopping = threading.Event()
+        self._ticking = threading.Lock()  # held while a cycle and its rescheduling run
 
     def start(self) -> None:
         self.scheduler.add_job(self._tick, IntervalTrigger(seconds=self._delay), id=self.JOB_ID,
@@ -319,18 +321,28 @@ class Schedule:
         self.scheduler.start()
 
     def _tick(self) -> None:
-        self.refresher.refresh()
-        if self.refresher.refused is not None:
-            return  # the bridge is stopping: nothing to reschedule
-        delay = self.refresher.next_delay()
-        if delay != self._delay:
-            self._delay = delay
-            self.scheduler.reschedule_job(self.JOB_ID, trigger=IntervalTrigger(seconds=delay))
-            log.info("next refresh in %.0fs", delay)
+        with self._ticking:
+            self.refresher.refresh()
+            if self.refresher.refused is not None or self._stopping.is_set():
+                return  # the bridge is stopping: nothing to reschedule
+            delay = self.refresher.next_delay()
+            if delay != self._delay:
+                self._delay = delay
+                self.scheduler.reschedule_job(self.JOB_ID,
+                                              trigger=IntervalTrigger(seconds=delay))
+                log.info("next refresh in %.0fs", delay)
 
     def stop(self) -> None:
-        """Wait for a running cycle to finish (it commits whole or not at all)."""
-        self.scheduler.shutdown(wait=True)
+        """Wait for a running cycle to finish (it commits whole or not at all).
+
+        The scheduler is shut down without waiting: waiting, it holds its job store lock
+        until the job ends, and a cycle that ends by rescheduling itself (a retry delay
+        after a failure) would wait for that lock for ever. This waits for the cycle itself.
+        """
+        self._stopping.set()
+        self.scheduler.shutdown(wait=False)
+        with self._ticking:
+            pass
 
 
 @dataclass

@@ -289,3 +289,30 @@ def test_serve_applies_the_web_config_file(airflow_db: AirflowDb, tmp_path: Path
         stop.set()
         server.join(60)
     assert not server.is_alive()
+
+
+def test_stop_during_a_failing_cycle_returns_at_once(make_bridge: BridgeFactory) -> None:
+    """A stop (SIGTERM) that lands while a failing cycle runs: the cycle ends, sets no
+    retry delay on a scheduler that is shutting down, and the stop returns."""
+    bridge = make_bridge(make_url("postgresql+psycopg://nobody@127.0.0.1:1/none"),
+                         refresh_interval="1s")
+    entered, release = threading.Event(), threading.Event()
+    refresh = bridge.refresher.refresh
+
+    def slow_failing_refresh() -> bool:
+        entered.set()
+        release.wait(10)
+        return refresh()  # fails: nothing listens on port 1
+
+    bridge.refresher.refresh = slow_failing_refresh  # type: ignore[method-assign]
+    bridge.refresher.failures = 1  # so this failure doubles the delay: a reschedule
+    schedule = Schedule(bridge.refresher)
+    schedule.start()
+    _wait(entered.is_set)
+    stopped = threading.Event()
+    stopper = threading.Thread(target=lambda: (schedule.stop(), stopped.set()), daemon=True)
+    stopper.start()
+    time.sleep(0.3)
+    release.set()  # the cycle fails now, with the stop under way
+    assert stopped.wait(10), "stop hung behind the failed cycle's rescheduling"
+    assert bridge.refresher.failures == 2
