@@ -342,8 +342,7 @@ class Memo:
             return _family(prepared, interval)
         if built.family is None:
             before = built.before
-            if before is not None and before.family is not None \
-                    and prepared.plan.kind != "histogram":
+            if before is not None and before.family is not None:
                 built.family = _refilled(before.family, before.prepared, prepared)
             else:
                 built.family = _family(prepared, interval)
@@ -412,24 +411,25 @@ def _summed_key(labels: Labels) -> Labels:
 
 
 def _refilled(family: Metric, old: _Prepared, new: _Prepared) -> Metric:
-    """A counter, gauge or summary family like `family` (built from `old`) with the values
-    of `new`, which has the label sets of `old`, and maybe more, in the same order: the
-    samples of unchanged values are kept (a summary has two per label set, _count then
-    _sum), those of new label sets made as add_metric makes them."""
+    """A family like `family` (built from `old`) with the values of `new`, which has the
+    label sets of `old`, and maybe more, in the same order: the samples of label sets
+    whose value stayed are kept, the others made as add_metric makes them."""
     refilled = Metric(family.name, family.documentation, family.type, family.unit)
-    per_row = 2 if family.type == "summary" else 1
     make = _row_samples(new.plan, family.name)
+    if family.type not in ("counter", "gauge"):
+        refilled.samples = _rows_refilled(family.samples, old, new, make)
+        return refilled
     known = set(map(_LABELS, old.series))
     fresh = list(compress(range(len(new.series)), map(not_, map(known.__contains__,
                                                               map(_LABELS, new.series)))))
     out: list[Sample] = []
     done = start = 0  # old label sets and new ones gone through
     for end in (*fresh, len(new.series)):  # known label sets up to a new one (or the end)
-        stretch = end - start
-        out += _kept_or_replaced(family.samples[done * per_row:(done + stretch) * per_row],
-                                 old.series[done:done + stretch], new.series[start:end],
-                                 per_row)
-        done += stretch
+        out += [sample if before == after else sample._replace(value=cast(float, after))
+                for sample, (_, before), (_, after) in zip(
+                    family.samples[done:end - start + done], old.series[done:end - start + done],
+                    new.series[start:end], strict=True)]
+        done += end - start
         if end < len(new.series):
             out += make(*new.series[end])
         start = end + 1
@@ -438,33 +438,42 @@ def _refilled(family: Metric, old: _Prepared, new: _Prepared) -> Metric:
     return refilled
 
 
-def _kept_or_replaced(samples: list[Sample], olds: Iterable[tuple[Labels, Value]],
-                      news: Iterable[tuple[Labels, Value]], per_row: int) -> list[Sample]:
-    """Samples of the same label sets, kept where the value stayed."""
-    if per_row == 1:
-        return [sample if before == after else sample._replace(value=cast(float, after))
-                for sample, (_, before), (_, after) in zip(samples, olds, news, strict=True)]
+def _rows_refilled(samples: list[Sample], old: _Prepared, new: _Prepared,
+                   make: Callable[[Labels, Value], list[Sample]]) -> list[Sample]:
+    """Samples of a summary or histogram family, several per label set (as many as
+    add_metric made for its value in `old`), kept where the value stayed."""
     out: list[Sample] = []
-    pairs = zip(samples[::2], samples[1::2], olds, news, strict=True)
-    for count, total, (_, before), (_, after) in pairs:
-        if before != after:
-            value = cast(HistogramValue, after)
-            count, total = count._replace(value=value.count), total._replace(value=value.sum)
-        out += (count, total)
+    rows = iter(old.series)
+    pending = next(rows, None)
+    at = 0
+    for labels, after in new.series:
+        if pending is None or pending[0] != labels:
+            out += make(labels, after)  # a new label set
+            continue
+        width = _width(pending[1])
+        out += samples[at:at + width] if pending[1] == after else make(labels, after)
+        at += width
+        pending = next(rows, None)
+    assert pending is None and at == len(samples), "new label sets only"
     return out
 
 
+def _width(value: Value) -> int:
+    """Samples add_metric makes for one label set of a summary or histogram."""
+    assert isinstance(value, HistogramValue)
+    if not value.buckets:
+        return 2  # a summary: _count, _sum
+    return len(value.buckets) + (2 if value.buckets[0][0] >= 0 else 0)
+
+
 def _row_samples(plan: _Plan, name: str) -> Callable[[Labels, Value], list[Sample]]:
-    """How one served label set of a counter, gauge or summary becomes its samples, as
-    add_metric makes them (label names in the family's order)."""
-    if plan.kind == "summary":
-        def summary(labels: Labels, value: Value) -> list[Sample]:
-            given = dict(labels)
-            shown = {n: given[n] for n in plan.labels}
-            assert isinstance(value, HistogramValue)
-            return [Sample(name + "_count", shown, value.count),
-                    Sample(name + "_sum", dict(shown), value.sum)]
-        return summary
+    """How one served label set becomes its samples, as add_metric makes them (label
+    names in the family's order)."""
+    if plan.kind in ("summary", "histogram"):
+        def several(labels: Labels, value: Value) -> list[Sample]:
+            scratch = _Prepared(plan, ((labels, value),))
+            return list(_family(scratch, 0.0).samples)
+        return several
     sample_name = name + "_total" if plan.kind == "counter" else name
     pick = _picker(plan.labels)
 

@@ -727,3 +727,26 @@ def test_new_label_sets_are_put_in_place_and_the_other_samples_kept() -> None:
         for name in ("airflow_task_instance_finished", DURATION):
             same = [s for s in now[name] if any(s is k for k in kept[name])]
             assert len(same) >= len(kept[name]) - 2, (view, name)
+
+
+def test_histograms_keep_the_samples_of_unchanged_label_sets() -> None:
+    """A run finishing on one DAG rebuilds that DAG's buckets, not every DAG's."""
+    runs = "airflow_dag_run_duration_seconds"
+    def hist(n: float) -> HistogramValue:
+        return HistogramValue(((60.0, n), (600.0, n + 1.0), (INF, n + 2.0)), 30.0 * n, n + 2.0)
+
+    series: dict[str, Series] = {runs: {L(dag_id=f"d{i}", state="success"): hist(i)
+                                        for i in range(4)}}
+    view = View(30)
+    collector = SnapshotCollector(view)
+    collector.publish(Snapshot(series, HEALTH))
+    kept = {f.name: f for f in collector.collect()}[runs].samples
+    grown = {runs: {**series[runs], L(dag_id="d1", state="success"): hist(9.0),
+                    L(dag_id="d10", state="failed"): hist(1.0)}}
+    changed = Snapshot(grown, HEALTH)
+    collector.publish(changed)
+    samples = {f.name: f for f in collector.collect()}[runs].samples
+    assert generate_latest(collector) == generate_latest(_fresh(view, changed))
+    reused = [any(s is k for k in kept) for s in samples]
+    assert len(samples) == 5 * 5  # d0, d1 (changed), d10 (new), d2, d3: 3 buckets, count, sum
+    assert reused == [True] * 5 + [False] * 10 + [True] * 10, reused
