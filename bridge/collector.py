@@ -322,14 +322,14 @@ class Memo:
                     prepared = _resummed(old, groups, built.source, series)
                 else:
                     prepared, groups = _prepare(plan, series, view)
-                built.before = None  # keep one generation only
+                built.before, built.source, built.groups = None, {}, None  # only its family
                 self._built[plan] = _Built(dict(series), prepared, groups, before=built)
                 return prepared
             added = series.keys() - built.source.keys()
             if len(built.source) + len(added) == len(series) and len(added) <= len(series) // 4:
                 # New label sets only (a task's first failure): put them in their place.
                 prepared, groups = _extended(plan, built, series, added, view)
-                built.before = None
+                built.before, built.source, built.groups = None, {}, None
                 self._built[plan] = _Built(dict(series), prepared, groups, before=built)
                 return prepared
         prepared, groups = _prepare(plan, series, view)
@@ -346,6 +346,7 @@ class Memo:
                 built.family = _refilled(before.family, before.prepared, prepared)
             else:
                 built.family = _family(prepared, interval)
+            built.before = None  # what the family did not keep of it is garbage now
         return built.family
 
 
