@@ -165,5 +165,5 @@ def test_cardinality_defaults_and_per_task_duration_buckets(tmp_path: Path) -> N
     assert settings.max_series == 5000
     assert settings.redacted()["task_duration_buckets_dags"] == ["etl_*", "report"]
     path.write_text("task_duration_buckets_dags: etl_*\n")
-    with pytest.raises(ConfigError, match="task_duration_buckets_dags: .*write a list"):
+    with pytest.raises(ConfigError, match=r"task_duration_buckets_dags: .*write a list"):
         config.load(path, {})
