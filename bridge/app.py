@@ -91,7 +91,6 @@ class Refresher:
         self._last_success: dict[str, float] = {}
         self.totals = Totals(self._bounds)
         self._live = Live()
-        self._dropped = 0
         self._health = Health(version=__version__)
         self._role_checked = not check_role
         self.refused: WritableRoleError | None = None
@@ -268,15 +267,8 @@ class Refresher:
             last_success=dict(self._last_success))
         series = {} if self.backfilling else airflow_series(
             self.totals.view(), self._live, self._forgotten, self.totals.dags)
-        dropped = self.collector.publish(Snapshot(series, self._health))
-        if dropped != self._dropped:  # logged when it changes, not at every cycle
-            if dropped:
-                log.warning("max_series (%d) reached: %d series of per-task families left out "
-                            "of /metrics", self.settings.max_series, dropped)
-            else:
-                log.info("max_series (%d) no longer reached: every series is served",
-                         self.settings.max_series)
-        self._dropped = dropped
+        # The collector logs, once per change, which families the cap sheds.
+        self.collector.publish(Snapshot(series, self._health))
 
 
 def airflow_series(totals: Aggregates, now: Live, forgotten: frozenset[str] = frozenset(),
