@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from bridge.cache.database import migrations_path
-from tests.conftest import AirflowDb
+from tests.conftest import AirflowDb, one_airflow
 from tests.metadb import T0
 from tests.postgres import Postgres
 from tests.test_privileges import MakeRole, roles
@@ -47,6 +47,8 @@ def make_role(pg: Postgres, airflow_db: AirflowDb) -> Iterator[MakeRole]:
 
 def test_check_passes_with_a_read_only_role(airflow_db: AirflowDb, make_role: MakeRole,
                                             tmp_path: Path) -> None:
+    """On every release: the role may read only the tables the grant script names (those
+    the release has), and a refresh reading that release's tables must need no other."""
     url = make_role()
     role = make_url(url).username
     env = {**_env(airflow_db, tmp_path), "BRIDGE_AIRFLOW_DB_URL": url}
@@ -61,6 +63,7 @@ def test_check_passes_with_a_read_only_role(airflow_db: AirflowDb, make_role: Ma
     assert f"metadata DB role '{role}' is read-only" in refreshed.stderr
 
 
+@one_airflow
 def test_check_lists_what_a_role_could_write_beyond_the_tables_it_reads(
         airflow_db: AirflowDb, make_role: MakeRole, tmp_path: Path) -> None:
     url = make_role("GRANT UPDATE ON variable TO {role}", "GRANT DELETE ON connection TO {role}")
@@ -77,12 +80,14 @@ def test_check_lists_what_a_role_could_write_beyond_the_tables_it_reads(
     assert lines[-1] == "check: 1 problem(s)"
 
 
+@one_airflow
 def test_check_rejects_the_superuser(airflow_db: AirflowDb, tmp_path: Path) -> None:
     result = run_cli("check", env=_env(airflow_db, tmp_path), cwd=tmp_path)
     assert result.returncode == 1
     assert "  - the role is a superuser (it may do anything)" in result.stdout
 
 
+@one_airflow
 def test_refresh_refuses_a_role_that_can_write_unless_allowed(
         airflow_db: AirflowDb, make_role: MakeRole, tmp_path: Path) -> None:
     url = make_role("ALTER TABLE variable OWNER TO {role}")
@@ -108,6 +113,7 @@ def test_refresh_refuses_a_role_that_can_write_unless_allowed(
     assert by_setting.returncode == 0, by_setting.stderr
 
 
+@one_airflow
 def test_serve_refuses_a_role_that_can_write(airflow_db: AirflowDb, make_role: MakeRole,
                                              tmp_path: Path) -> None:
     url = make_role("GRANT pg_write_all_data TO {role}")
@@ -144,6 +150,7 @@ def test_unreachable_db_password_never_printed(tmp_path: Path) -> None:
     assert "hunter2" not in result.stdout + result.stderr
 
 
+@one_airflow
 def test_migrate_then_refresh_once_prints_valid_metrics(airflow_db: AirflowDb,
                                                         tmp_path: Path) -> None:
     env = _env(airflow_db, tmp_path)
@@ -193,6 +200,7 @@ def _get(url: str) -> tuple[int, str, dict[str, str]]:
         return exc.code, exc.read().decode(), dict(exc.headers)
 
 
+@one_airflow
 def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
                                                    tmp_path: Path) -> None:
     airflow_db.writer.complete_run("etl", logical_date=T0)
@@ -244,6 +252,7 @@ def test_serve_readiness_metrics_and_clean_sigterm(airflow_db: AirflowDb,
     assert "postgres:" not in output or "<secret>" in output or "@" not in output
 
 
+@one_airflow
 def test_check_names_a_broken_web_config_file(airflow_db: AirflowDb, tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_user:\n  prometheus: x\n")

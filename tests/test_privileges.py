@@ -10,7 +10,7 @@ from sqlalchemy import text
 from bridge import app
 from bridge.airflow.privileges import NotReadOnlyTransaction, RoleAccess, inspect_role
 from bridge.airflow.source import Source
-from tests.conftest import AirflowDb
+from tests.conftest import AirflowDb, one_airflow
 from tests.postgres import Postgres
 
 # What deploy/postgres/grant-bridge-readonly.sql grants, where the version has the table.
@@ -61,6 +61,7 @@ def access_of(url: str) -> RoleAccess:
         source.dispose()
 
 
+@one_airflow
 def test_a_select_only_role_is_read_only(make_role: MakeRole) -> None:
     access = access_of(make_role())
     assert access.problems == ()
@@ -68,6 +69,7 @@ def test_a_select_only_role_is_read_only(make_role: MakeRole) -> None:
     assert access.schema == "public"
 
 
+@one_airflow
 @pytest.mark.parametrize(("sql", "attributes", "problems"), [
     (("GRANT UPDATE ON variable TO {role}",), "", ("UPDATE on table variable",)),
     (("GRANT UPDATE (val) ON variable TO {role}",), "", ("UPDATE on table variable",)),
@@ -99,6 +101,7 @@ def test_every_way_to_write_is_reported(make_role: MakeRole, airflow_db: Airflow
     assert not access.read_only
 
 
+@one_airflow
 def test_a_role_it_may_set_role_to_is_asked_too(make_role: MakeRole, pg: Postgres) -> None:
     """Privileges of a role the bridge's NOINHERIT role belongs to are one SET ROLE away."""
     writer = pg.fresh_name("amb_writer")
@@ -112,6 +115,7 @@ def test_a_role_it_may_set_role_to_is_asked_too(make_role: MakeRole, pg: Postgre
             conn.execute(f"DROP ROLE {writer}")
 
 
+@one_airflow
 def test_it_refuses_to_run_outside_a_read_only_transaction(make_role: MakeRole) -> None:
     source = Source(app.load_settings(None, {"BRIDGE_AIRFLOW_DB_URL": make_role()}))
     try:

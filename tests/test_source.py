@@ -24,7 +24,7 @@ from bridge import config
 from bridge.airflow.schema import detect_schema
 from bridge.airflow.source import Reader, Source
 from bridge.errors import SourceError
-from tests.conftest import AirflowDb, BridgeFactory
+from tests.conftest import AirflowDb, BridgeFactory, one_airflow
 from tests.metadb import T0, fill_history
 from tests.postgres import AIRFLOW_VERSIONS, Postgres
 from tests.tools import free_port
@@ -83,6 +83,7 @@ def test_not_an_airflow_db_is_a_clear_error(pg: Postgres) -> None:
         pg.drop_database(name)
 
 
+@one_airflow
 def test_sessions_are_read_only_with_timeouts(airflow_db: AirflowDb) -> None:
     source = Source(_settings(airflow_db, BRIDGE_REFRESH_INTERVAL="30s"))
     with source.reading() as reader:
@@ -194,6 +195,7 @@ def pgbouncer(airflow_db: AirflowDb) -> Iterator[Any]:
     shutil.rmtree(workdir)
 
 
+@one_airflow
 def test_works_through_pgbouncer_in_transaction_mode(
         airflow_db: AirflowDb, pgbouncer: Any, make_bridge: BridgeFactory) -> None:
     airflow_db.writer.complete_run("etl", logical_date=T0)
@@ -215,6 +217,7 @@ def _settings_for(url: Any) -> config.Settings:
     return config.load(None, {"BRIDGE_AIRFLOW_DB_URL": url.render_as_string(False)})
 
 
+@one_airflow
 @pytest.mark.parametrize("table", ["alembic_version", "dag_run"])
 def test_a_lock_on_an_airflow_table_times_out_instead_of_hanging(
         airflow_db: AirflowDb, pg: Postgres, make_bridge: BridgeFactory, table: str) -> None:
