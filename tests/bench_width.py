@@ -53,7 +53,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,7 @@ from typing import Any
 
 import yaml
 
-from tests import postgres
+from tests import postgres, tools
 from tests.metadb import AirflowWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,14 +293,6 @@ def truth(writer: AirflowWriter) -> Truth:
 # ---------------------------------------------------------------- the measuring process
 
 
-def _peak_kib() -> int:
-    """This process's peak RSS (VmHWM; `ru_maxrss` would keep a forking parent's peak)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return next(int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmHWM:"))
 
 
 @dataclass
@@ -416,7 +407,7 @@ def child(argument: str) -> None:
 
     out: Figures = {"bridge": bridge.__file__, "import_cpu": time.process_time() - import_cpu}
     if spec["mode"] == "idle":
-        out["peak_kib"] = _peak_kib()
+        out["peak_kib"] = tools.peak_kib()
         print(RESULT + json.dumps(out), flush=True)
         return
     env = {"BRIDGE_AIRFLOW_DB_URL": spec["metadb"],
@@ -459,7 +450,7 @@ def child(argument: str) -> None:
                 for _ in range(3):
                     _cycle(built, timer)
             out.update(_scrape(built))
-        out["peak_kib"] = _peak_kib()
+        out["peak_kib"] = tools.peak_kib()
     finally:
         built.close()
     print(RESULT + json.dumps(out), flush=True)

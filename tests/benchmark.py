@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
 import socket
 import statistics
 import subprocess
@@ -65,7 +64,7 @@ from bridge.airflow.schema import AirflowSchema
 from bridge.collector import Snapshot, SnapshotCollector, View
 from bridge.health import Health
 from bridge.server import make_app
-from tests import bench_http, postgres
+from tests import bench_http, postgres, tools
 from tests.bench_http import counters
 from tests.metadb import AirflowWriter, TaskWriter, fill_history
 
@@ -358,15 +357,6 @@ def publishing(series: int, repeat: int = 20) -> Publishing:
                       scrape())
 
 
-def _peak_kib() -> int:
-    """This process's peak RSS in KiB: VmHWM on Linux, where `ru_maxrss` keeps the peak of
-    the parent across fork and exec (it would report the benchmark's own peak)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return next(int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmHWM:"))
 
 
 def hold(series: int) -> int:
@@ -381,7 +371,7 @@ def hold(series: int) -> int:
         body = b"".join(wsgi({"PATH_INFO": "/metrics", "HTTP_ACCEPT": "text/plain"},
                              lambda *_: None))
         assert body
-    return _peak_kib()
+    return tools.peak_kib()
 
 
 def peak_rss_kib(series: int) -> int:

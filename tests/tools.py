@@ -1,9 +1,10 @@
 """What tests that drive external tools share: a missing tool, a command that must succeed,
-a free port."""
+a free port, this process's peak RSS."""
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 from pathlib import Path
@@ -35,3 +36,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def peak_kib() -> int:
+    """This process's peak RSS in KiB: VmHWM on Linux, where `ru_maxrss` keeps the peak of
+    the parent across fork and exec (it would report the benchmark's own peak)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return next(int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmHWM:"))
