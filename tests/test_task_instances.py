@@ -308,17 +308,23 @@ def test_final_state_committed_before_its_end_date_counts_once(
         assert ti(scrape, "after", "removed") == 1, "counted with its run's final read"
 
 
+def failed_upstream(db: AirflowDb, tasks: TaskWriter) -> tuple[int, datetime]:
+    """A running run whose `extract` failed and whose `load` is upstream_failed; the end."""
+    run = running_run(db)
+    tasks.add(run, "extract")
+    tasks.add(run, "load")
+    end = tasks.run_try(run, "extract", "failed", T0 + timedelta(minutes=2))
+    tasks.set(run, "load", "upstream_failed", end)
+    return run, end
+
+
 def test_cleared_task_failing_upstream_again_without_a_new_try_counts_again(
         airflow_db: AirflowDb, tasks: TaskWriter, make_bridge: BridgeFactory) -> None:
     """Airflow keeps try number and end date of a task set upstream_failed again after a
     clear; the bridge saw it cleared, so the second outcome counts."""
     af = airflow_db.writer
     bridge = make_bridge(airflow_db.url)
-    run = running_run(airflow_db)
-    tasks.add(run, "extract")
-    tasks.add(run, "load")
-    end = tasks.run_try(run, "extract", "failed", T0 + timedelta(minutes=2))
-    tasks.set(run, "load", "upstream_failed", end)
+    run, end = failed_upstream(airflow_db, tasks)
     af.finish_run(run, "failed", end)
     bridge.cycle()
     af.clear_run(run, end + timedelta(minutes=10))
@@ -344,11 +350,7 @@ def test_tasks_cleared_in_a_running_run_count_again_without_a_clear_number(
     (on Airflow 2 nothing else tells of the clear): a cycle that saw the task reset lets
     its next outcome count, even with the same try number and end date."""
     bridge = make_bridge(airflow_db.url)
-    run = running_run(airflow_db)
-    tasks.add(run, "extract")
-    tasks.add(run, "load")
-    end = tasks.run_try(run, "extract", "failed", T0 + timedelta(minutes=2))
-    tasks.set(run, "load", "upstream_failed", end)
+    run, end = failed_upstream(airflow_db, tasks)
     scrape = bridge.cycle()
     assert (ti(scrape, "extract", "failed"), ti(scrape, "load", "upstream_failed")) == (1, 1)
     tasks.next_try(run, "extract")  # cleared: the run stays running, clear_number 0
